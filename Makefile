@@ -1,0 +1,38 @@
+# The two commands of the README's quick start:
+#   make run    set up .venv if needed, then run every stage in order on the built-in digits data
+#   make test   set up .venv (with the test extras) if needed, then run the test suite
+# Python 3.11 is what the reference machines use; PYTHON=python3.12 make run picks another one.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test notebooks bench clean
+
+$(VENV)/.installed-run: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-run requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(PY) 01_activations.py
+	$(PY) 02_pgd.py
+	$(PY) 03_adv_train.py --quiet
+	$(PY) 04_eval.py
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q tests
+
+notebooks: $(VENV)/.installed-test
+	$(PY) notebooks/build_notebooks.py
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/bench_pgd.py
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,139 @@
+"""Stage 01: each activation against its closed form (float64, numpy/math reference), the smooth-backward
+switch, continuity of derivatives at 0, and the activation swap on a torchvision ResNet-50."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT
+
+X = np.concatenate([np.linspace(-6, 6, 241), [-1000.0, -80.0, -30.0, 30.0, 80.0, 1000.0, 0.0]])
+
+
+def _sigmoid(z):
+    return 0.5 * (1 + np.tanh(z / 2))   # stable for any z
+
+
+CLOSED_FORMS = {   # independent numpy/math formulas, written from the paper's definitions
+    "relu": lambda x: np.maximum(x, 0),
+    "softplus": lambda x: np.logaddexp(0, x),
+    "psoftplus": lambda x: np.logaddexp(0, 10 * x) / 10,
+    "smoothrelu": lambda x: np.where(x >= 0, x - np.log(400 * np.abs(x) + 1) / 400, 0.0),
+    "silu": lambda x: x * _sigmoid(x),
+    "gelu": lambda x: x * 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2))),
+    "elu": lambda x: np.where(x >= 0, x, np.expm1(np.minimum(x, 0))),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+def test_activation_matches_closed_form_float64(acts, name):
+    act = acts.make_activation(name).double()
+    got = act(torch.tensor(X, dtype=torch.float64)).detach().numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, CLOSED_FORMS[name](X), rtol=1e-12, atol=1e-12)
+
+
+def test_every_named_activation_is_tested(acts):
+    assert set(acts.ACTIVATIONS) == set(CLOSED_FORMS)
+
+
+@pytest.mark.parametrize("name", ["psoftplus", "smoothrelu", "softplus", "silu", "gelu", "elu"])
+def test_smooth_activations_pass_gradcheck(acts, name):
+    act = acts.make_activation(name).double()
+    x = torch.tensor([-3.0, -0.7, -0.05, 0.03, 0.4, 2.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(act, (x,))
+
+
+def test_smooth_grad_relu_gradcheck_where_relu_is_smooth(acts):
+    """Away from the kink (|x| >= 2) ReLU is smooth and sigmoid(10 x) equals its derivative to 2e-9."""
+    f = lambda x: acts._ReLUWithSmoothGrad.apply(x, 10.0)  # noqa: E731
+    x = torch.tensor([-5.0, -3.0, -2.0, 2.0, 3.5, 7.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x,), atol=1e-6)
+
+
+def test_smooth_grad_relu_forward_is_relu_and_backward_is_sigmoid(acts):
+    torch.manual_seed(0)
+    x = torch.randn(1000, dtype=torch.float64) * 3
+    g_in = torch.randn(1000, dtype=torch.float64)
+    m = acts.make_activation("relu", smooth_grad=True).double()
+    outs, grads = {}, {}
+    for on in (False, True):
+        xx = x.clone().requires_grad_(True)
+        with acts.smooth_backward(m, on):
+            y = m(xx)
+        (g,) = torch.autograd.grad(y, xx, g_in)
+        outs[on], grads[on] = y.detach(), g
+    assert torch.equal(outs[True], torch.relu(x)) and torch.equal(outs[False], torch.relu(x))
+    torch.testing.assert_close(grads[True], g_in * torch.sigmoid(10 * x), rtol=0, atol=0)
+    torch.testing.assert_close(grads[False], g_in * (x > 0).double(), rtol=0, atol=0)
+    assert not torch.equal(grads[True], grads[False])   # switching changes the gradient only
+
+
+def test_smooth_backward_context_restores_and_reaches_nested_modules(acts):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(acts.make_activation("relu", smooth_grad=True)))
+    sg = model[1][0]
+    assert sg.smooth is False
+    with acts.smooth_backward(model, True):
+        assert sg.smooth is True
+    assert sg.smooth is False
+
+
+def _jump_at_zero(act, h=1e-7):
+    x = torch.tensor([-h, h], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(act(x).sum(), x)
+    return (g[1] - g[0]).abs().item()
+
+
+@pytest.mark.parametrize("name", ["softplus", "psoftplus", "smoothrelu", "silu", "gelu", "elu"])
+def test_smooth_derivatives_are_continuous_at_zero(acts, name):
+    assert _jump_at_zero(acts.make_activation(name).double()) < 1e-3
+
+
+def test_relu_derivative_jumps_at_zero(acts):
+    assert _jump_at_zero(acts.make_activation("relu").double()) == 1.0
+
+
+def test_swap_in_torchvision_resnet50(acts):
+    import torchvision
+    model = torchvision.models.resnet50(num_classes=10).eval()
+    n_relu = sum(type(m) is nn.ReLU for m in model.modules())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        shape_before = model(x).shape
+    replaced = acts.swap_activations(model, "silu")
+    assert len(replaced) == n_relu == 17 and "layer1.0.relu" in replaced   # stem + one per Bottleneck
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, nn.SiLU) for m in model.modules()) == n_relu
+    with torch.no_grad():
+        assert model(x).shape == shape_before == (2, 10)
+
+
+def test_swap_changes_the_function(acts):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(5, 4)
+    before = model(x)
+    acts.swap_activations(model, "softplus")
+    assert not torch.allclose(model(x), before)
+
+
+def test_unknown_activation_is_one_clear_line(acts):
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'; accepted: relu, softplus, psoftplus, smoothrelu, silu, gelu, elu"):
+        acts.make_activation("swish")
+    r = subprocess.run([sys.executable, "01_activations.py", "--act", "swish"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert "unknown activation 'swish'" in last and "smoothrelu" in last and "Traceback" not in r.stderr
+
+
+def test_cli_writes_figure_and_table(tmp_path):
+    r = subprocess.run([sys.executable, "01_activations.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "figure2_activations.png").stat().st_size > 10_000
+    table = (tmp_path / "activations_table.txt").read_text()
+    relu_row = next(line for line in table.splitlines() if line.startswith("relu "))
+    assert float(relu_row.split()[2]) == 1.0   # ReLU's derivative jumps by 1 at 0
