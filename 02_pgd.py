@@ -1,0 +1,241 @@
+"""Stage 02: the L-infinity PGD attacker. PGD-1 crafts the training examples, PGD-200 evaluates.
+
+Paper: arXiv:2006.14536, Section 2 (the inner maximisation of adversarial training) and its protocol:
+  training attacker   PGD-1, eps = 4/255, step = eps, random start (the released code: a uniform point in
+                      the eps-ball for 80% of batches, the clean image for 20%)
+  evaluation attacker PGD-200, eps = 4/255, step = 1/255 (= eps/4), random start
+Madry et al.'s projected gradient ascent on the loss, for pixels x in [0, 1]:
+
+    x_0     = x + U(-eps, eps)                     (random start; x itself without one)
+    x_{t+1} = Proj_{ ||x' - x||_inf <= eps, x' in [0,1] } ( x_t + step * sign(grad_x L(f(x_t), y)) )
+
+FGSM is PGD-1 with step = eps and no random start.
+
+This file holds the ONE implementation of the attack that stage 03, stage 04 and the notebooks import:
+  pgd(...)        the attack; returns adversarial images. Needs nothing but torch: copy it freely.
+  pgd_eval(...)   the same iterates, for evaluation: an example counts as broken as soon as ANY iterate
+                  fools the model, and broken examples stop costing compute (early stopping). Never reports
+                  a higher robust accuracy than pgd() on the same inputs and random starts.
+
+Run it:
+    python 02_pgd.py        # CPU, ~1 min: trains (or reuses) a standard digits model, attacks it
+    python 02_pgd.py --eps 8 --steps 1 2 5 10    # other budgets; eps and steps in pixel units (8 = 8/255)
+Writes:
+    runs/02_pgd/digits_standard/final.pt      the standard (non-adversarial) model, read by stage 04
+    runs/02_pgd/attack_table.txt              robust accuracy under FGSM and PGD-k
+    runs/02_pgd/adversarial_examples.png      clean / perturbation / adversarial, with predictions
+Speed figures (PGD step vs training step, vs torchattacks): python benchmarks/bench_pgd.py
+"""
+import argparse
+import importlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+import common
+
+# ----------------------------------------------------------------------------------------------------
+# Settings (pixel units: 4 means 4/255; converted to [0, 1] units by `px` and nowhere else)
+EPS_PX = {"digits": 64.0, "cifar10": 8.0, "imagenet": 4.0}   # default eps per data set (see README for digits)
+STEPS = [1, 2, 5, 10, 20, 50, 100, 200]                      # PGD-k budgets printed by main()
+OUT_DIR = os.path.join(common.RUNS_DIR, "02_pgd")
+
+
+def px(value_in_pixels: float) -> float:
+    """Pixel units (0..255) -> [0, 1] units. The one place where '--eps 4' becomes 4/255."""
+    return float(value_in_pixels) / 255.0
+
+
+def default_step(eps: float, steps: int) -> float:
+    """Step size for PGD-k: max(eps/4, eps/k). k=1 gives eps (the paper's training PGD-1); k=200 gives eps/4
+    (the paper's evaluation, 1/255 at eps 4/255); in between, the released code's rule max(step, eps/k)
+    keeps a short attack able to reach the boundary of the ball."""
+    return max(eps / 4.0, eps / steps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The attack
+
+def _check_args(x, eps, step, steps):
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (in [0, 1] units), got {eps}")
+    if not step > 0:
+        raise ValueError(f"step must be > 0 (in [0, 1] units), got {step}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"inputs must be pixels in [0, 1] (normalise inside the model), got min {lo:.3g}, max {hi:.3g}")
+
+
+def _random_start(x, eps, rand_start_prob):
+    """delta_0: uniform in [-eps, eps] with probability rand_start_prob (one coin for the whole batch, as in
+    the released code), else 0; then cut so that x + delta_0 stays in [0, 1]."""
+    delta = torch.zeros_like(x)
+    if rand_start_prob > 0 and torch.rand(()).item() < rand_start_prob:
+        delta.uniform_(-eps, eps)
+    return (x + delta).clamp(0, 1) - x
+
+
+def pgd(model, x, y, eps, step, steps, rand_start_prob=1.0):
+    """Untargeted L-inf PGD. x: (B, ...) pixels in [0, 1]; y: (B,) labels. eps, step in [0, 1] units.
+
+    rand_start_prob: 1.0 = always start from a uniform random point in the ball (paper's evaluation);
+    0.8 = the paper's training code (80% of batches random, 20% clean); 0.0 = start at x (FGSM when steps=1).
+    Returns x_adv (B, ...), detached, with ||x_adv - x||_inf <= eps and x_adv in [0, 1].
+
+    What it does NOT do, on purpose:
+      * no weight gradients: torch.autograd.grad w.r.t. delta only, so nothing lands in any param.grad
+        and the backward pass skips the weight-gradient kernels (a PGD step is cheaper than a training step);
+      * no BatchNorm statistics updates: the model runs in eval mode (paper: "BatchNorm statistics are not
+        updated while the adversarial example is generated"); its train/eval mode is restored on exit.
+    Under torch.autocast the forward runs in low precision; delta, its gradient and the loss stay float32.
+    """
+    _check_args(x, eps, step, steps)
+    was_training = model.training
+    model.eval()
+    try:
+        delta = _random_start(x, eps, rand_start_prob)
+        for _ in range(int(steps)):
+            delta.requires_grad_(True)
+            # sum, not mean: each example's gradient is its own (no 1/B shrink that could underflow in fp16)
+            loss = F.cross_entropy(model(x + delta).float(), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)   # ascent step, project on the ball
+            delta = (x + delta).clamp(0, 1) - x                               # ... and on the image box
+        return (x + delta).detach()
+    finally:
+        model.train(was_training)
+
+
+def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0):
+    """Evaluation PGD with early stopping. Same iterates as pgd() (same start, same steps), but example i
+    counts as broken at the first iterate t (0 = the start, ..., steps) at which the model misclassifies it,
+    and from then on it leaves the batch: PGD-200 on a model with 40% robust accuracy costs ~40% of a plain
+    loop. Counting ANY iterate (not just the last) can only lower robust accuracy, never raise it.
+
+    Returns broken_at: (B,) long, the first fooling iterate, or -1 where no iterate fooled the model.
+    Robust accuracy = (broken_at == -1).float().mean(); robust accuracy at a budget of k <= steps steps with
+    the same step size = ((broken_at == -1) | (broken_at > k)).float().mean().
+    """
+    _check_args(x, eps, step, steps)
+    was_training = model.training
+    model.eval()
+    try:
+        broken_at = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        delta = _random_start(x, eps, rand_start_prob)
+        active = torch.arange(x.shape[0], device=x.device)   # indices of examples not yet broken
+        for t in range(int(steps) + 1):
+            xa, ya = x[active], y[active]
+            da = delta[active].requires_grad_(t < steps)
+            with torch.set_grad_enabled(t < steps):
+                logits = model(xa + da)
+            fooled = logits.argmax(1) != ya
+            broken_at[active[fooled]] = t
+            if t == steps:
+                break
+            loss = F.cross_entropy(logits.float(), ya, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, da)
+            da = (da.detach() + step * grad.sign()).clamp(-eps, eps)
+            da = (xa + da).clamp(0, 1) - xa
+            keep = ~fooled
+            delta[active[keep]] = da[keep]
+            active = active[keep]
+            if active.numel() == 0:
+                break
+        return broken_at
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running it: attack the standard digits model
+
+def standard_digits_model(out_dir, device, seed=0):
+    """Train (with stage 03's loop, attack 'none') or reuse the standard digits model. Returns (model, path)."""
+    run_dir = os.path.join(out_dir, "digits_standard")
+    path = os.path.join(run_dir, "final.pt")
+    if os.path.isfile(path):
+        print(f"reusing {path}")
+    else:
+        train = importlib.import_module("03_adv_train")   # lazy: stage 03 imports this file for pgd()
+        cfg = train.preset_config("digits", attack="none", act="relu", seed=seed, out=run_dir)
+        train.train(cfg)
+    model, _ = common.model_from_checkpoint(path, device)
+    return model, path
+
+
+def draw_examples(model, x, y, x_adv, path, n=5):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with torch.no_grad():
+        p_clean = F.softmax(model(x[:n]), 1)
+        p_adv = F.softmax(model(x_adv[:n]), 1)
+    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n))
+    for i in range(n):
+        delta = (x_adv[i] - x[i])[0]
+        items = [(x[i, 0], p_clean[i], "clean"), (delta, None, "perturbation"), (x_adv[i, 0], p_adv[i], "adversarial")]
+        for ax, (img, p, title) in zip(axes[i], items):
+            if p is None:
+                m = delta.abs().max().item() or 1.0
+                ax.imshow(delta.cpu(), cmap="seismic", vmin=-m, vmax=m)
+                ax.set_title(f"{title} (max {m * 255:.0f}/255)", fontsize=8)
+            else:
+                ax.imshow(img.cpu(), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(f"{title}: '{p.argmax().item()}' {100 * p.max().item():.0f}% (true {y[i].item()})", fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="PGD attack on the standard digits model")
+    parser.add_argument("--eps", type=float, default=EPS_PX["digits"], help="L-inf radius, pixel units (64 = 64/255)")
+    parser.add_argument("--steps", type=int, nargs="+", default=STEPS, help="PGD step counts to try")
+    parser.add_argument("--out", default=OUT_DIR, help="output folder")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    parser.add_argument("--seed", type=int, default=0, help="seed for training and the random starts")
+    args = parser.parse_args(argv)
+    if args.eps <= 0:
+        parser.error(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {args.eps}")
+    if any(k < 1 for k in args.steps):
+        parser.error(f"--steps must all be >= 1, got {args.steps}")
+
+    device = common.pick_device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    model, _ = standard_digits_model(args.out, device, args.seed)
+    x, y = (t.to(device) for t in common.digits_tensors("test"))   # (500, 1, 8, 8), (500,)
+    eps = px(args.eps)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+
+    lines = [f"standard digits model, {len(y)} test images, eps = {args.eps:g}/255 = {eps:.4f}",
+             f"{'attack':<10} {'steps':>5} {'step/255':>9} {'start':>7} {'robust acc':>11}",
+             f"{'clean':<10} {0:>5} {'-':>9} {'-':>7} {100 * clean:>10.1f}%"]
+    torch.manual_seed(args.seed)
+    x_fgsm = pgd(model, x, y, eps, eps, 1, rand_start_prob=0.0)
+    with torch.no_grad():
+        acc = (model(x_fgsm).argmax(1) == y).float().mean().item()
+    lines.append(f"{'FGSM':<10} {1:>5} {args.eps:>9.2f} {'clean':>7} {100 * acc:>10.1f}%")
+    for k in args.steps:
+        step = default_step(eps, k)
+        torch.manual_seed(args.seed)
+        broken_at = pgd_eval(model, x, y, eps, step, k)
+        acc = (broken_at == -1).float().mean().item()
+        lines.append(f"{'PGD-' + str(k):<10} {k:>5} {step * 255:>9.2f} {'random':>7} {100 * acc:>10.1f}%")
+    print("\n".join(lines))
+    with open(os.path.join(args.out, "attack_table.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+    torch.manual_seed(args.seed)
+    x_adv = pgd(model, x, y, eps, default_step(eps, 10), 10)
+    fig = os.path.join(args.out, "adversarial_examples.png")
+    draw_examples(model, x, y, x_adv, fig)
+    print(f"wrote {fig}")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)

@@ -1,0 +1,286 @@
+"""Plumbing shared by the numbered stages: data, models, checkpoints, devices, one-line errors.
+
+Nothing here is an algorithm of the paper (those live in 01-04); it is what every stage needs to read the
+same data, rebuild the same model and read the same checkpoint. Stages import it as `import common`.
+
+Data sets (all pixels in [0, 1]; normalisation is the model's first layer, so an attack's eps is a scalar):
+  digits    scikit-learn's bundled 8x8 handwritten digits (1797 images, 1 channel, ships with the package).
+            Fixed split: a permutation drawn with numpy seed 0; the first 1297 images train, the last 500 test.
+  cifar10   torchvision's CIFAR-10 (32x32 RGB). Downloads into --data on a user's machine, or reads the
+            existing `cifar-10-batches-py/` folder there.
+  imagenet  an ImageFolder tree: <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG.
+"""
+import dataclasses
+import os
+import random
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+CHECKPOINT_FORMAT = "sat-teaching/1"   # written into every checkpoint; a file without it is foreign
+RUNS_DIR = "runs"                      # every stage writes under here; see README "Repo map"
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line `error: ...` and exit code 2, never a traceback."""
+
+
+def run_cli(main, argv=None):
+    """Call main(argv); turn a UserError into one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices and seeds
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA if present, else CPU. Chosen at run time: nothing touches a GPU at import."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise UserError(f"unknown --device {name!r}; accepted: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)   # seeds CUDA too
+
+
+def rng_state() -> dict:
+    """Random states to store in a checkpoint (tensors and ints only, so weights_only=True can load them)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+DATASETS = ("digits", "cifar10", "imagenet")
+# per-channel mean/std used by the model's Normalize layer
+STATS = {
+    "digits": ((0.30,), (0.40,)),   # measured on the digits train split (rounded)
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+NUM_CLASSES = {"digits": 10, "cifar10": 10}
+DIGITS_N_TRAIN = 1297   # the remaining 500 of the 1797 digits are the test split
+
+
+def digits_tensors(split: str):
+    """(x, y) for 'train' or 'test': x (N, 1, 8, 8) float32 in [0, 1] (raw values 0..16 divided by 16)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)   # (1797, 1, 8, 8)
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
+    idx = perm[:DIGITS_N_TRAIN] if split == "train" else perm[DIGITS_N_TRAIN:]
+    return x[idx], y[idx]
+
+
+def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int = 224, download: bool = False):
+    """A torch Dataset of (image in [0, 1], label). Training splits carry the augmentation:
+    cifar10: random crop 32 with 4-pixel padding + horizontal flip (the usual CIFAR recipe);
+    imagenet: RandomResizedCrop(image_size) + flip (the paper's recipe); evaluation: resize to
+    image_size * 256/224 and center-crop image_size."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    train = split == "train"
+    if name == "digits":
+        return torch.utils.data.TensorDataset(*digits_tensors(split))
+
+    import torchvision
+    import torchvision.transforms as T
+    if name == "cifar10":
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()]) if train else T.ToTensor()
+        folder = os.path.join(data_dir, "cifar-10-batches-py")
+        if not download and not os.path.isdir(folder):
+            raise UserError(f"no CIFAR-10 at {folder!r}; pass --download to fetch it, or --data to the folder holding cifar-10-batches-py/")
+        try:
+            return torchvision.datasets.CIFAR10(data_dir, train=train, transform=tf, download=download)
+        except (RuntimeError, OSError, EOFError, KeyError, ValueError) as e:
+            raise UserError(f"CIFAR-10 at {folder!r} is missing files or corrupt ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+    # imagenet
+    sub = os.path.join(data_dir, "train" if train else "val")
+    if not os.path.isdir(sub):
+        raise UserError(f"no ImageNet folder {sub!r}; expected <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG")
+    if train:
+        tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor()])
+    else:
+        tf = T.Compose([T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size), T.ToTensor()])
+    try:
+        return torchvision.datasets.ImageFolder(sub, transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"ImageNet folder {sub!r} is malformed: {str(e).splitlines()[0]}")
+
+
+def num_classes_of(dataset_name: str, ds) -> int:
+    if dataset_name in NUM_CLASSES:
+        return NUM_CLASSES[dataset_name]
+    return len(ds.classes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models. Every model is Sequential(Normalize, network): attacks see pixels in [0, 1].
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, as the model's first layer (STYLE rule 4)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class ResBlock(nn.Module):
+    """conv-BN-act-conv-BN + shortcut, then act (the basic ResNet block). Activations are nn.ReLU here and
+    replaced by 01's swap_activations, exactly as one would do to a torchvision model."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.act2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class DigitsNet(nn.Module):
+    """Small residual CNN for 8x8 digits: stem conv (w) -> block (w) -> block (2w, stride 2) -> pool -> fc.
+    width w = 16 has 27k parameters; `--width` scales it (notebook 5's scaling experiment)."""
+
+    def __init__(self, width=16, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.block1 = ResBlock(width, width)
+        self.block2 = ResBlock(width, 2 * width, stride=2)   # 8x8 -> 4x4
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):   # x: (B, 1, 8, 8)
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def cifar_resnet18(num_classes=10):
+    """torchvision's ResNet-18 with the usual CIFAR stem: 3x3 stride-1 first conv and no max-pool."""
+    import torchvision
+    m = torchvision.models.resnet18(num_classes=num_classes)
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    return m
+
+
+def torchvision_model(name: str, num_classes: int):
+    """Any torchvision classification model by name, untrained (resnet50, resnet101, resnext50_32x4d, ...).
+    ResNets get zero-initialised last BN gamma in each block, as in the paper's recipe."""
+    import torchvision
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise UserError(f"unknown model {name!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    kw = {"zero_init_residual": True} if ("resnet" in name or "resnext" in name) else {}
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kw)
+
+
+def build_model(cfg: dict) -> nn.Module:
+    """Rebuild a model from a (resolved) config dict: keys dataset, model, act, smooth_grad, width,
+    num_classes. Returns Sequential(Normalize, net) with its ReLUs swapped for cfg['act'] (stage 01)."""
+    import importlib
+    acts = importlib.import_module("01_activations")
+    name = cfg["model"]
+    if name == "digitsnet":
+        net = DigitsNet(cfg.get("width", 16), cfg["num_classes"])
+    elif name == "cifar_resnet18":
+        net = cifar_resnet18(cfg["num_classes"])
+    else:
+        net = torchvision_model(name, cfg["num_classes"])
+    use_smooth_grad = cfg.get("smooth_grad", "none") != "none"
+    replaced = acts.swap_activations(net, cfg["act"], smooth_grad=use_smooth_grad)
+    if not replaced:
+        raise UserError(f"model {name!r} has no nn.ReLU module to swap (does it call F.relu?)")
+    mean, std = STATS[cfg["dataset"]]
+    return nn.Sequential(Normalize(mean, std), net)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: one dict per run, written atomically, read back with weights_only=True
+
+def save_checkpoint(state: dict, path: str):
+    """Write to a temporary file in the same folder, fsync, then rename over `path`. A kill at any moment
+    leaves either the old complete file or the new complete file, never a half-written one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a checkpoint with weights_only=True (no arbitrary code runs). A missing, truncated, tampered
+    or foreign file is one UserError line."""
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path!r}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:   # truncated zip, unpickling of a forbidden global, garbage bytes, ...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"checkpoint {path!r} is unreadable (truncated, tampered or not a torch file): {e.__class__.__name__}: {msg[:160]}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt or "config" not in ckpt:
+        raise UserError(f"checkpoint {path!r} is not one of this repo's (format {CHECKPOINT_FORMAT!r} with model and config expected)")
+    return ckpt
+
+
+def model_from_checkpoint(path: str, device="cpu"):
+    """(model in eval mode on device, checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path!r} does not fit its own config: {str(e).splitlines()[0]}")
+    return model.to(device).eval(), ckpt
+
+
+def config_dict(cfg) -> dict:
+    """A dataclass config as a plain dict of str/int/float/bool/None/list (safe under weights_only)."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
