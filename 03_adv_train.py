@@ -1,0 +1,493 @@
+"""Stage 03: (smooth) adversarial training, from 8x8 digits on a laptop CPU to ResNet-50 on ImageNet on GPUs.
+
+Paper: arXiv:2006.14536, Section 2 (adversarial training, Eq. 1), Section 3 (Table 1: ReLU forward with a
+smooth backward for the attacker and/or the optimizer), Section 4 (Figure 3: smooth activations). The
+paper's training code was never released; this file is a from-scratch implementation of its recipe.
+
+    min_theta E_{(x,y)} [ max_{||delta||_inf <= eps} L(theta, x + delta, y) ]            (Eq. 1)
+
+Each step: (1) the attacker (stage 02's pgd, PGD-1 by default) maximises the loss over delta, with BatchNorm
+statistics frozen; (2) the optimizer takes one SGD step on the loss at x + delta. SAT = the same loop with
+a smooth activation (stage 01) instead of ReLU.
+
+Run it:
+    python 03_adv_train.py                   # digits, CPU, ~2 min: Table 1's 4 rows + Figure 3's 7 activations
+    python 03_adv_train.py --act silu        # narrow: one activation;  --smooth-grad both: one Table 1 row
+    python 03_adv_train.py --seeds 3         # seeds 0, 1, 2 of everything (the README's reproduction study)
+    python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
+    torchrun --nproc_per_node 8 03_adv_train.py --dataset imagenet --data /path/to/imagenet --act silu
+                                             # the paper's ResNet-50 recipe (preset 'imagenet')
+Writes, per run (runs/03_adv_train/<dataset>_<act>[_sg-<mode>]_s<seed>/):
+    checkpoint.pt   every epoch (atomic): model, optimizer, scheduler, scaler, epoch, config, rng, metrics
+    final.pt        the same dict once the run has finished: stage 04 evaluates every final.pt it finds
+    log.csv         one row per epoch (the columns of the printed table)
+Speed figures (adversarial vs standard training step): python benchmarks/bench_train.py
+"""
+import argparse
+import csv
+import dataclasses
+import importlib
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import common
+
+acts = importlib.import_module("01_activations")
+attack = importlib.import_module("02_pgd")
+
+OUT_DIR = os.path.join(common.RUNS_DIR, "03_adv_train")
+SMOOTH_GRAD_MODES = ("none", "attacker", "optimizer", "both")
+ATTACKS = ("pgd", "none")
+
+# What the paper compares: Table 1's four rows (ReLU, smooth backward for nobody / attacker / optimizer /
+# both) and Figure 3's seven activations (ReLU is shared by both). 10 runs per seed.
+SWEEP = [("relu", m) for m in SMOOTH_GRAD_MODES] + [(a, "none") for a in acts.ACTIVATIONS if a != "relu"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Settings
+
+@dataclass
+class Config:
+    # data and model
+    dataset: str = "digits"        # digits | cifar10 | imagenet
+    data: str = "data"             # folder of cifar10 (holds cifar-10-batches-py/) or imagenet (train/, val/)
+    download: bool = False         # cifar10 only: download into --data if missing
+    model: str = "digitsnet"       # digitsnet | cifar_resnet18 | any torchvision model (resnet50, ...)
+    width: int = 16                # digitsnet only: channels of the first block
+    image_size: int = 224          # imagenet only: training crop / evaluation crop, pixels
+    num_classes: int = 10          # filled from the data set
+    act: str = "relu"              # activation by name (stage 01)
+    smooth_grad: str = "none"      # relu only: who gets the smooth backward: none|attacker|optimizer|both
+    # attack used to craft training examples (stage 02)
+    attack: str = "pgd"            # pgd | none (standard training)
+    eps: float = 64.0              # L-inf radius, pixel units (64 = 64/255)
+    attack_steps: int = 1          # PGD-k during training; the paper: 1
+    attack_step: float = 0.0       # step size, pixel units; 0 = stage 02's default_step (= eps for PGD-1)
+    rand_start_prob: float = 1.0   # share of batches starting from a random point (paper's code: 0.8)
+    # optimisation (paper, ImageNet: SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90)
+    epochs: int = 30               # passes over the training set
+    batch_size: int = 64           # GLOBAL batch (split over the processes of a torchrun job)
+    lr_per_256: float = 0.2        # learning rate for a batch of 256; actual lr = lr_per_256 * batch/256
+    momentum: float = 0.9          # Nesterov momentum
+    weight_decay: float = 5e-4     # on conv/linear weights only (not BN, biases, SmoothReLU alpha)
+    warmup_epochs: float = 2.0     # linear warm-up from ~0 to lr, per iteration
+    milestones: list = field(default_factory=lambda: [15, 25])   # epochs at which lr is divided by 10
+    label_smoothing: float = 0.0   # paper (ImageNet): 0.1
+    # running
+    seed: int = 0                  # seeds weights, data order and random starts
+    device: str = "auto"           # auto (CUDA if present) | cpu | cuda | cuda:N
+    amp: str = "auto"              # mixed precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = False    # NHWC memory layout (faster convs on recent GPUs)
+    compile: bool = False          # torch.compile the model
+    workers: int = 0               # DataLoader worker processes (imagenet: 8+ per GPU)
+    check_size: int = 256          # held-out test images for the per-epoch clean / PGD-10 check
+    out: str = ""                  # run folder; empty = runs/03_adv_train/<run name>
+
+
+PRESETS = {
+    # digits: chosen by the small study in the README ("Choosing eps for digits"); a run takes ~10 s on 2 cores
+    "digits": dict(model="digitsnet", eps=attack.EPS_PX["digits"], epochs=30, batch_size=64, lr_per_256=0.2, weight_decay=5e-4,
+                   warmup_epochs=2.0, milestones=[15, 25], label_smoothing=0.0, check_size=256),
+    # cifar10: the common CIFAR adversarial-training recipe (Madry/Rice et al.), eps 8/255 as usual there;
+    # ResNet-18 on one GPU: ~1-2 min per epoch with PGD-1
+    "cifar10": dict(model="cifar_resnet18", eps=attack.EPS_PX["cifar10"], epochs=100, batch_size=128, lr_per_256=0.2,
+                    weight_decay=5e-4, warmup_epochs=5.0, milestones=[50, 75], label_smoothing=0.0,
+                    check_size=1000, workers=4),
+    # imagenet: the paper's recipe (../shared/PAPER.md), ResNet-50, eps 4/255, PGD-1 step 4/255, 80% random
+    # starts, 100 epochs, SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90, wd 1e-4,
+    # label smoothing 0.1
+    "imagenet": dict(model="resnet50", eps=attack.EPS_PX["imagenet"], epochs=100, batch_size=256, lr_per_256=0.1, weight_decay=1e-4,
+                     warmup_epochs=5.0, milestones=[30, 60, 90], label_smoothing=0.1, rand_start_prob=0.8,
+                     check_size=1000, workers=8, image_size=224),
+}
+
+
+def preset_config(dataset="digits", **overrides) -> Config:
+    if dataset not in PRESETS:
+        raise common.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
+    return validate(Config(**{"dataset": dataset, **PRESETS[dataset], **overrides}))
+
+
+def run_name(cfg: Config) -> str:
+    sg = f"_sg-{cfg.smooth_grad}" if cfg.smooth_grad != "none" else ""
+    std = "_standard" if cfg.attack == "none" else ""
+    return f"{cfg.dataset}_{cfg.act}{sg}{std}_s{cfg.seed}"
+
+
+def validate(cfg: Config) -> Config:
+    """Every bad setting is one UserError line naming the value and what is accepted."""
+    if cfg.dataset not in common.DATASETS:
+        raise common.UserError(f"unknown dataset {cfg.dataset!r}; accepted: {', '.join(common.DATASETS)}")
+    try:
+        acts.check_activation_name(cfg.act)
+    except ValueError as e:
+        raise common.UserError(str(e))
+    if cfg.smooth_grad not in SMOOTH_GRAD_MODES:
+        raise common.UserError(f"unknown --smooth-grad {cfg.smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+    if cfg.smooth_grad != "none" and cfg.act != "relu":
+        raise common.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
+    if cfg.attack not in ATTACKS:
+        raise common.UserError(f"unknown --attack {cfg.attack!r}; accepted: {', '.join(ATTACKS)}")
+    if not cfg.eps > 0:
+        raise common.UserError(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {cfg.eps}")
+    if cfg.attack_steps < 1 or cfg.attack_step < 0 or not 0 <= cfg.rand_start_prob <= 1:
+        raise common.UserError(f"attack settings out of range: steps {cfg.attack_steps} (>= 1), step {cfg.attack_step} (>= 0), rand-start-prob {cfg.rand_start_prob} (0..1)")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr_per_256 > 0:
+        raise common.UserError(f"need epochs >= 1, batch size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr_per_256}")
+    if cfg.amp not in ("auto", "bf16", "fp16", "off"):
+        raise common.UserError(f"unknown --amp {cfg.amp!r}; accepted: auto, bf16, fp16, off")
+    if cfg.model in ("digitsnet", "cifar_resnet18") and cfg.model != {"digits": "digitsnet", "cifar10": "cifar_resnet18"}.get(cfg.dataset):
+        raise common.UserError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}")
+    if cfg.model not in ("digitsnet", "cifar_resnet18"):
+        import torchvision
+        if cfg.model not in torchvision.models.list_models(module=torchvision.models):
+            raise common.UserError(f"unknown model {cfg.model!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training step: the one piece of this file to copy into your own code
+
+def adversarial_training_step(model, x, y, optimizer, eps, step, steps, rand_start_prob=1.0,
+                              smooth_grad="none", label_smoothing=0.0, scaler=None, autocast=nullcontext,
+                              attack_model=None):
+    """One step of (smooth) adversarial training. x: (B, C, H, W) pixels in [0, 1]; y: (B,).
+
+    Inner max: x_adv = PGD(x) with the smooth backward on iff smooth_grad in (attacker, both) (Table 1).
+    Outer min: SGD on L(f(x_adv), y) with the smooth backward on iff smooth_grad in (optimizer, both).
+    steps = 0 means standard training (x_adv = x). `attack_model` is the model the attacker queries: the
+    bare module under DistributedDataParallel, so the attack neither syncs gradients nor buffers.
+    Returns (loss, logits on x_adv), detached.
+    """
+    if steps > 0:
+        with acts.smooth_backward(model, smooth_grad in ("attacker", "both")), autocast():
+            x_adv = attack.pgd(attack_model or model, x, y, eps, step, steps, rand_start_prob)   # BN frozen inside
+    else:
+        x_adv = x
+    model.train()
+    with acts.smooth_backward(model, smooth_grad in ("optimizer", "both")):
+        with autocast():
+            logits = model(x_adv)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:        # fp16 needs loss scaling; bf16 and fp32 do not
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plumbing: distributed set-up, optimizer, schedule
+
+def dist_info():
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain `python` run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def make_optimizer(model, cfg: Config, world: int):
+    """SGD + Nesterov; weight decay on conv/linear weights only (the paper's code decays '.*/W' only)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    lr = cfg.lr_per_256 * cfg.batch_size / 256    # linear scaling rule (Goyal et al.): global batch
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+
+
+def make_scheduler(optimizer, cfg: Config, iters_per_epoch: int):
+    """Per-iteration factor: linear warm-up over warmup_epochs, then /10 at each milestone epoch."""
+    warm = max(1, int(cfg.warmup_epochs * iters_per_epoch))
+
+    def factor(it):
+        epoch = it / iters_per_epoch
+        return min(1.0, (it + 1) / warm) * 0.1 ** sum(epoch >= m for m in cfg.milestones)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast_for(cfg: Config, device):
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    if amp == "off":
+        return nullcontext, None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def evaluate_check(model, x, y, eps, autocast):
+    """Clean and PGD-10 accuracy on the held-out check batch (stage 02's early-stopping evaluation)."""
+    model.eval()
+    with torch.no_grad(), autocast():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    with autocast():
+        broken_at = attack.pgd_eval(model, x, y, eps, attack.default_step(eps, 10), 10)
+    return clean, (broken_at == -1).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------
+# One training run
+
+COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd10_acc", "seconds"]
+
+
+def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=False) -> str:
+    """Train one configuration to the end (or resume it). Returns the path of its final.pt."""
+    from tqdm import tqdm
+    cfg = validate(cfg)
+    rank, world, local_rank = dist_info()
+    if cfg.batch_size % world:
+        raise common.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {world} processes")
+    device = common.pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    run_dir = cfg.out or os.path.join(OUT_DIR, run_name(cfg))
+    ckpt_path, final_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "final.pt")
+    say = print if rank == 0 else (lambda *a, **k: None)
+
+    # Decide between a fresh start, a resume and a skip BEFORE anything is written.
+    state = None
+    if os.path.isfile(final_path) and not force:
+        say(f"{run_name(cfg)}: finished already ({final_path}); --force retrains it")
+        return final_path
+    if resume:
+        state = common.load_checkpoint(ckpt_path)     # missing / corrupt / foreign: one line, exit 2
+        if state.get("kind") != "train":
+            raise common.UserError(f"{ckpt_path!r} is not a training checkpoint of stage 03")
+        cfg = Config(**state["config"])               # a resumed run keeps its own settings
+    elif os.path.isfile(ckpt_path) and not force:
+        raise common.UserError(f"{ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
+
+    # Data
+    common.seed_everything(cfg.seed)
+    train_ds = common.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
+    test_ds = common.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
+    cfg.num_classes = common.num_classes_of(cfg.dataset, train_ds)
+    # DistributedSampler also for one process: the shuffle depends only on (seed, epoch), so a resumed run
+    # sees the same batches as an uninterrupted one
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=cfg.seed, drop_last=True)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
+                                         num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                                         drop_last=True, persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise common.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {cfg.batch_size // world}")
+    n_check = min(cfg.check_size, len(test_ds))
+    check = torch.utils.data.DataLoader(torch.utils.data.Subset(test_ds, range(n_check)), batch_size=n_check)
+    x_check, y_check = (t.to(device) for t in next(iter(check)))
+
+    # Model, optimizer, schedule
+    model = common.build_model(dataclasses.asdict(cfg)).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = make_optimizer(model, cfg, world)
+    scheduler = make_scheduler(optimizer, cfg, len(loader))
+    autocast, scaler = autocast_for(cfg, device)
+    start_epoch, history = 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, history = state["epoch"], list(state["metrics"]["history"])
+        common.set_rng_state(state["rng"])
+        say(f"{run_name(cfg)}: resumed from {ckpt_path} after epoch {start_epoch}")
+    bare = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd_model = torch.compile(model) if cfg.compile else model
+    attack_model = torch.compile(bare) if cfg.compile else bare
+
+    eps = attack.px(cfg.eps)
+    step = attack.px(cfg.attack_step) if cfg.attack_step > 0 else attack.default_step(eps, cfg.attack_steps)
+    steps = cfg.attack_steps if cfg.attack == "pgd" else 0
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+    say(f"\n{run_name(cfg)}: {cfg.model} act={cfg.act} smooth_grad={cfg.smooth_grad} attack={cfg.attack}"
+        f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255 on {device}, "
+        f"{world} process(es), {len(loader)} steps/epoch")
+    say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
+
+    best_pgd10, co_epoch = 0.0, None
+    for row in history:
+        best_pgd10 = max(best_pgd10, row["check_pgd10_acc"])
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        sampler.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet or rank != 0)
+        for i, (x, y) in enumerate(bar):
+            x = x.to(device, non_blocking=True).to(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            loss, logits = adversarial_training_step(
+                fwd_model, x, y, optimizer, eps, step, steps, cfg.rand_start_prob, cfg.smooth_grad,
+                cfg.label_smoothing, scaler, autocast, attack_model)
+            scheduler.step()
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if i % 20 == 0 or i == len(loader) - 1:      # one host sync every 20 steps, not every step
+                mean_loss = loss_sum.item() / seen
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(f"{run_name(cfg)}: loss became {mean_loss} in epoch {epoch + 1}; stopped. "
+                                           f"The last good checkpoint (if any) is kept at {ckpt_path}. Lower --lr-per-256?")
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+        check_clean, check_pgd10 = evaluate_check(bare, x_check, y_check, eps, autocast)
+        row = dict(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], loss=loss_sum.item() / seen,
+                   train_adv_acc=correct.item() / seen, check_clean_acc=check_clean,
+                   check_pgd10_acc=check_pgd10, seconds=time.time() - t0)
+        history.append(row)
+        # Catastrophic overfitting (Wong et al. 2020): the multi-step (PGD-10) accuracy collapses while the
+        # single-step training accuracy keeps rising: the model has learned to mask the one-step attack.
+        flag = ""
+        if steps and check_pgd10 < best_pgd10 - 0.2 and len(history) > 1 and row["train_adv_acc"] > history[-2]["train_adv_acc"]:
+            co_epoch = co_epoch or epoch + 1
+            flag = "  <- catastrophic overfitting? PGD-10 collapsed while train accuracy rose"
+        best_pgd10 = max(best_pgd10, check_pgd10)
+        say(f"{row['epoch']:>5} {row['lr']:>8.4f} {row['loss']:>7.4f} {100 * row['train_adv_acc']:>7.1f}% "
+            f"{100 * check_clean:>8.1f}% {100 * check_pgd10:>8.1f}% {row['seconds']:>6.1f}{flag}")
+        if rank == 0:
+            ckpt = {"kind": "train", "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                    "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "rng": common.rng_state(),
+                    "metrics": {"history": history, "catastrophic_overfitting_epoch": co_epoch}}
+            common.save_checkpoint(ckpt, ckpt_path)
+            write_csv(os.path.join(run_dir, "log.csv"), history)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
+            say(f"{run_name(cfg)}: stopping after epoch {epoch + 1} as asked (--stop-after-epoch); --resume continues")
+            return ckpt_path
+    if rank == 0:
+        common.save_checkpoint({**ckpt, "finished": True}, final_path)
+        total = sum(r["seconds"] for r in history)
+        say(f"{run_name(cfg)}: done in {total:.1f} s -> {final_path}"
+            + (f"  (catastrophic overfitting flagged at epoch {co_epoch})" if co_epoch else ""))
+    if world > 1:
+        dist.barrier()
+    return final_path
+
+
+class TrainingDiverged(Exception):
+    pass
+
+
+def write_csv(path, history):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(history)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: a sweep of configurations (default: everything the paper compares, on digits, seed 0)
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="(Smooth) adversarial training; see the module docstring.")
+    p.add_argument("--dataset", default="digits", help=f"one of {', '.join(common.DATASETS)}")
+    p.add_argument("--data", default=None, help="folder of cifar10 / imagenet (default: data)")
+    p.add_argument("--download", action="store_true", help="cifar10: download into --data if missing")
+    p.add_argument("--model", default=None, help="digitsnet | cifar_resnet18 | torchvision name (resnet50, ...)")
+    p.add_argument("--width", type=int, default=None, help="digitsnet channels (default 16)")
+    p.add_argument("--image-size", type=int, default=None, help="imagenet crop size in pixels (default 224)")
+    p.add_argument("--act", nargs="+", default=None, help=f"activations to train (default: all); of {', '.join(acts.ACTIVATIONS)}")
+    p.add_argument("--smooth-grad", nargs="+", default=None, help=f"relu only: {', '.join(SMOOTH_GRAD_MODES)} (default: all four)")
+    p.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every configuration")
+    p.add_argument("--seed", type=int, default=None, help="train this one seed only")
+    p.add_argument("--attack", default=None, help="pgd (default) | none (standard training)")
+    p.add_argument("--eps", type=float, default=None, help="L-inf radius in pixel units (4 = 4/255)")
+    p.add_argument("--attack-steps", type=int, default=None, help="PGD-k during training (default 1)")
+    p.add_argument("--attack-step", type=float, default=None, help="attack step size, pixel units (default: eps for PGD-1)")
+    p.add_argument("--rand-start-prob", type=float, default=None, help="share of batches with a random start (paper's code: 0.8)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--lr-per-256", type=float, default=None, help="lr for a batch of 256 (scaled linearly)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--milestones", type=int, nargs="*", default=None, help="epochs at which lr /= 10")
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", default=None, help="auto (bf16 on CUDA) | bf16 | fp16 | off")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    p.add_argument("--check-size", type=int, default=None, help="held-out images for the per-epoch check")
+    p.add_argument("--out", default=None, help="runs folder (default runs/03_adv_train)")
+    p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint.pt")
+    p.add_argument("--force", action="store_true", help="retrain runs that exist already")
+    p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (then --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def configs_from_args(args) -> list:
+    """The list of Configs the command line asks for: the sweep, narrowed by --act / --smooth-grad."""
+    if args.dataset not in PRESETS:
+        raise common.UserError(f"unknown dataset {args.dataset!r}; accepted: {', '.join(PRESETS)}")
+    for a in args.act or []:
+        try:
+            acts.check_activation_name(a)
+        except ValueError as e:
+            raise common.UserError(str(e))
+    for m in args.smooth_grad or []:
+        if m not in SMOOTH_GRAD_MODES:
+            raise common.UserError(f"unknown --smooth-grad {m!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+    if args.smooth_grad and args.act and "relu" not in args.act:
+        raise common.UserError(f"--smooth-grad applies to --act relu only, not {' '.join(args.act)}")
+    sweep = [(a, m) for a, m in SWEEP if (args.act is None or a in args.act)
+             and (args.smooth_grad is None or m in args.smooth_grad)]
+    if args.attack == "none":       # standard training: the smooth-backward rows do not apply
+        sweep = [(a, m) for a, m in sweep if m == "none"]
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__
+                 and k not in ("act", "smooth_grad", "dataset", "out", "seed")}
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    out_root = args.out or OUT_DIR
+    cfgs = []
+    for seed in seeds:
+        for a, m in sweep:
+            cfg = preset_config(args.dataset, act=a, smooth_grad=m, seed=seed, **overrides)
+            cfg.out = os.path.join(out_root, run_name(cfg))
+            cfgs.append(cfg)
+    return cfgs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfgs = configs_from_args(args)
+    rank, world, _ = dist_info()
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfgs[0].device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    t0 = time.time()
+    timings = []
+    try:
+        for cfg in cfgs:
+            t = time.time()
+            train(cfg, resume=args.resume, force=args.force, stop_after_epoch=args.stop_after_epoch, quiet=args.quiet)
+            timings.append((run_name(cfg), time.time() - t))
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0 and len(cfgs) > 1:
+        print(f"\n{len(cfgs)} runs in {time.time() - t0:.0f} s:")
+        for name, sec in timings:
+            print(f"  {name:<40} {sec:6.1f} s")
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
