@@ -376,8 +376,21 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         say(f"{run_name(cfg)}: done in {total:.1f} s -> {final_path}"
             + (f"  (catastrophic overfitting flagged at epoch {co_epoch})" if co_epoch else ""))
     if world > 1:
-        dist.barrier()
+        assert_ranks_agree(bare, world, device)
+        say(f"{run_name(cfg)}: all {world} ranks hold identical weights")
     return final_path
+
+
+def assert_ranks_agree(model, world, device):
+    """DDP keeps the replicas identical by averaging gradients; check it, since a bug there (a parameter
+    outside DDP, a rank-dependent branch) would silently fork the models instead of failing."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()]).to(device)
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    same = torch.tensor([1.0 if torch.equal(flat, ref) else 0.0], device=device)
+    dist.all_reduce(same, op=dist.ReduceOp.MIN)
+    if same.item() != 1.0:
+        raise RuntimeError(f"the {world} ranks ended with different weights: the DistributedDataParallel set-up is broken")
 
 
 class TrainingDiverged(Exception):

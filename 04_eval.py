@@ -1,0 +1,380 @@
+"""Stage 04: clean and robust accuracy of every checkpoint, checked for gradient masking; the paper's tables.
+
+Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1 and
+Figure 3. Evaluation hygiene after Carlini et al. 2019 (../shared/PAPER.md): an independent strong attack
+(APGD, Croce & Hein 2020) and a gradient-free one (Square, Andriushchenko et al. 2020) from `torchattacks`
+beside our PGD; the headline robust accuracy is the per-example worst case over all of them.
+
+Per checkpoint (its own dataset and eps; step eps/4):
+  clean, FGSM, PGD-k for k in 1, 10, 50, 200 (stage 02's early-stopping pgd_eval), APGD-CE, APGD-DLR,
+  Square (margin loss), optionally AutoAttack's standard set (--autoattack); PGD-20 at 0.5/1/2/4/8 x eps.
+  Worst case = robust only if robust to every attack run.
+Masking checks (each failure is printed as a flag beside the model, with its numbers):
+  steps       robust accuracy must not rise with more PGD steps (1 -> 10 -> 50 -> 200), 1-point tolerance
+  eps         at 8 x eps robust accuracy must fall to about chance (<= chance + 10 points)
+  single-step FGSM must not be stronger than PGD-200 (1-point tolerance)
+  independent APGD / Square must not beat PGD-200 by more than 3 points
+
+Run it:
+    python 04_eval.py                        # every final.pt under runs/, CPU: ~4 min for the digits runs
+    python 04_eval.py --limit 1000 --batch-size 100    # ImageNet/CIFAR checkpoints: quick look on 1000 images
+Writes (runs/04_eval/):
+    results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
+    per_run.csv                      every number for every checkpoint, with its attack parameters
+    cache/<run>.json                 per-checkpoint results (re-used while the checkpoint is unchanged)
+    figure3_acc_vs_robust.png        the paper's Figure 3: ours (left) beside the paper's ImageNet points (right)
+    robust_vs_steps.png, robust_vs_eps.png
+"""
+import argparse
+import csv
+import glob
+import importlib
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+
+import common
+
+acts = importlib.import_module("01_activations")
+attack = importlib.import_module("02_pgd")
+
+OUT_DIR = os.path.join(common.RUNS_DIR, "04_eval")
+PGD_STEPS = [1, 10, 50, 200]            # the steps check; 200 is the paper's evaluation attacker
+EPS_FACTORS = [0.5, 1, 2, 4, 8]         # the eps check, PGD-20 at these multiples of the checkpoint's eps
+APGD_STEPS = 100                        # torchattacks APGD iterations (AutoAttack's default is 100)
+SQUARE_QUERIES = 1000                   # Square attack queries (AutoAttack uses 5000; --square-queries)
+TOL_STEPS, TOL_FGSM, TOL_INDEP, TOL_CHANCE = 0.01, 0.01, 0.03, 0.10   # masking-check tolerances
+
+# The paper's ImageNet ResNet-50 numbers (../shared/PAPER.md): clean %, PGD-200 robust %
+PAPER_TABLE1 = {"none": (68.8, 33.0), "attacker": (68.3, 34.5), "optimizer": (69.4, 35.8), "both": (68.9, 36.9)}
+PAPER_FIGURE3 = {"relu": (68.8, 33.0), "psoftplus": (68.8, 38.7), "softplus": (68.4, 40.0),
+                 "smoothrelu": (69.4, 40.3), "elu": (69.2, 41.7), "gelu": (70.0, 41.7), "silu": (69.7, 42.3)}
+
+
+def paper_numbers(act, smooth_grad):
+    """(clean, PGD-200) from the paper for this configuration, or None."""
+    if act == "relu":
+        return PAPER_TABLE1.get(smooth_grad)
+    return PAPER_FIGURE3.get(act) if smooth_grad == "none" else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluating one model
+
+def predict_correct(model, x, y, batch_size):
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(y), batch_size)])
+
+
+def batched(fn, x, y, batch_size):
+    """Run fn(x_batch, y_batch) -> per-example tensor over batches and concatenate."""
+    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)])
+
+
+def robust_pgd(model, x, y, eps, steps, batch_size, seed=0):
+    """(robust mask, step) for PGD-k with stage 02's step rule, random start, early stopping."""
+    step = attack.default_step(eps, steps) if steps < 200 else eps / 4
+    torch.manual_seed(seed)
+    broken_at = batched(lambda xb, yb: attack.pgd_eval(model, xb, yb, eps, step, steps), x, y, batch_size)
+    return broken_at == -1, step
+
+
+def robust_torchattacks(atk, model, x, y, batch_size):
+    def run(xb, yb):
+        return predict_correct(model, atk(xb, yb), yb, batch_size)
+    return batched(run, x, y, batch_size)
+
+
+def evaluate_model(model, x, y, eps, num_classes, batch_size=500, autoattack=False,
+                   square_queries=SQUARE_QUERIES, apgd_steps=APGD_STEPS, seed=0):
+    """Every attack on one model. x: (N, C, H, W) in [0, 1]; eps in [0, 1] units.
+    Returns a dict of accuracies (fractions), the attack parameters beside them, and the masking flags."""
+    import torchattacks
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (in [0, 1] units), got {eps}")
+    model.eval()
+    res, masks, params = {}, {}, {}
+    masks["clean"] = predict_correct(model, x, y, batch_size)
+    torch.manual_seed(seed)
+    masks["fgsm"] = batched(lambda xb, yb: predict_correct(model, attack.pgd(model, xb, yb, eps, eps, 1, 0.0), yb, batch_size), x, y, batch_size)
+    params["fgsm"] = f"eps={eps * 255:.4g}/255 step=eps, no random start"
+    for k in PGD_STEPS:
+        masks[f"pgd{k}"], step = robust_pgd(model, x, y, eps, k, batch_size, seed)
+        params[f"pgd{k}"] = f"eps={eps * 255:.4g}/255 step={step * 255:.4g}/255 steps={k} random start, any-iterate"
+    for loss in ("ce", "dlr"):
+        atk = torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1, loss=loss, seed=seed)
+        masks[f"apgd_{loss}"] = robust_torchattacks(atk, model, x, y, batch_size)
+        params[f"apgd_{loss}"] = f"torchattacks.APGD eps={eps * 255:.4g}/255 steps={apgd_steps} restarts=1 loss={loss}"
+    atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
+    masks["square"] = robust_torchattacks(atk, model, x, y, batch_size)
+    params["square"] = f"torchattacks.Square eps={eps * 255:.4g}/255 queries={square_queries} loss=margin"
+    if autoattack:
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=seed)
+        masks["autoattack"] = robust_torchattacks(atk, model, x, y, batch_size)
+        params["autoattack"] = f"torchattacks.AutoAttack standard eps={eps * 255:.4g}/255"
+    attacks_run = [k for k in masks if k != "clean"]
+    worst = masks["clean"].clone()
+    for k in attacks_run:
+        worst &= masks[k]
+    masks["worst"] = worst
+    params["worst"] = "per-example worst case over " + ", ".join(attacks_run)
+    res = {k: v.float().mean().item() for k, v in masks.items()}
+    # robust accuracy against eps (PGD-20), for the eps check and the figure
+    res["eps_curve"] = {}
+    for f in EPS_FACTORS:
+        e = min(eps * f, 1.0)
+        res["eps_curve"][f"{e * 255:.4g}"] = robust_pgd(model, x, y, e, 20, batch_size, seed)[0].float().mean().item()
+    res["params"] = params
+    res["n"] = len(y)
+    res["flags"] = masking_flags(res, num_classes)
+    return res
+
+
+def masking_flags(r, num_classes):
+    """The Carlini et al. sanity checks, each failure a short string with its numbers."""
+    flags = []
+    pgd = [r[f"pgd{k}"] for k in PGD_STEPS]
+    for (k1, a1), (k2, a2) in zip(zip(PGD_STEPS, pgd), zip(PGD_STEPS[1:], pgd[1:])):
+        if a2 > a1 + TOL_STEPS:
+            flags.append(f"steps: PGD-{k2} {100 * a2:.1f}% > PGD-{k1} {100 * a1:.1f}%")
+    chance = 1.0 / num_classes
+    last_eps, last_acc = list(r["eps_curve"].items())[-1]
+    if last_acc > chance + TOL_CHANCE:
+        flags.append(f"eps: {100 * last_acc:.1f}% at eps {last_eps}/255, chance is {100 * chance:.0f}%")
+    if r["fgsm"] < r["pgd200"] - TOL_FGSM:
+        flags.append(f"single-step: FGSM {100 * r['fgsm']:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
+    for k in ("apgd_ce", "apgd_dlr", "square", "autoattack"):
+        if k in r and r[k] < r["pgd200"] - TOL_INDEP:
+            flags.append(f"independent: {k} {100 * r[k]:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
+    return flags
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every checkpoint under runs/
+
+def find_checkpoints(root):
+    """Every run's final.pt below `root` (stage 02's standard model and every stage 03 run)."""
+    return sorted(glob.glob(os.path.join(root, "**", "final.pt"), recursive=True))
+
+
+def test_tensors(cfg, data_dir, limit):
+    """(x, y) of the checkpoint's test split, at most `limit` images (the first ones, a fixed subset)."""
+    if cfg["dataset"] == "digits":
+        x, y = common.digits_tensors("test")
+    else:
+        ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
+        n = min(limit or len(ds), len(ds))
+        x, y = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=n)))
+    if limit:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def evaluate_checkpoint(path, args, device):
+    """Results dict for one checkpoint, from the cache when the checkpoint and settings are unchanged."""
+    key = {"size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
+           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack}
+    cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
+    if os.path.isfile(cache) and not args.no_cache:
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            return saved["result"], True
+    model, ckpt = common.model_from_checkpoint(path, device)
+    cfg = ckpt["config"]
+    eps_px = args.eps if args.eps is not None else cfg["eps"]
+    eps = attack.px(eps_px)
+    x, y = (t.to(device) for t in test_tensors(cfg, args.data, args.limit))
+    res = evaluate_model(model, x, y, eps, cfg["num_classes"], args.batch_size, args.autoattack,
+                         args.square_queries, args.apgd_steps)
+    res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
+               act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
+               eps_px=eps_px, epochs=ckpt.get("epoch"))
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump({"key": key, "result": res}, f)
+    return res, False
+
+
+def config_label(r):
+    sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
+    std = " standard training" if r["train_attack"] == "none" else ""
+    return f"{r['dataset']} {r['act']}{sg}{std}"
+
+
+def mean_std(values):
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return m, s
+
+
+def fmt(m, s):
+    return f"{100 * m:.1f}" if math.isnan(s) else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def aggregate(results):
+    """Group runs by configuration (all but the seed): mean +- std over seeds."""
+    groups = {}
+    for r in results:
+        groups.setdefault(config_label(r), []).append(r)
+    order = {a: i for i, a in enumerate(acts.ACTIVATIONS)}
+    sg_order = {"none": 0, "attacker": 1, "optimizer": 2, "both": 3}
+    rows = []
+    for label, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["train_attack"] != "none", order.get(kv[1][0]["act"], 99), sg_order.get(kv[1][0]["smooth_grad"], 9))):
+        r0 = rs[0]
+        row = {"configuration": label, "seeds": len(rs), "eps": f"{r0['eps_px']:g}/255", "n_test": r0["n"]}
+        for k in ("clean", "pgd200", "worst", "fgsm", "apgd_ce", "apgd_dlr", "square"):
+            row[k] = mean_std([r[k] for r in rs])
+        paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
+        row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
+        row["flags"] = "; ".join(sorted({f"s{r['seed']}: {f}" for r in rs for f in r["flags"]}))
+        row["act"], row["smooth_grad"], row["train_attack"] = r0["act"], r0["smooth_grad"], r0["train_attack"]
+        rows.append(row)
+    return rows
+
+
+TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
+              ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("apgd_ce", "APGD-CE %"),
+              ("apgd_dlr", "APGD-DLR %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
+              ("paper_pgd200", "paper PGD-200 % (ImageNet)"), ("flags", "masking flags")]
+
+
+def write_tables(rows, out_dir):
+    def cell(row, k):
+        v = row[k]
+        return fmt(*v) if isinstance(v, tuple) else str(v) if v != "" else "—"
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([h for _, h in TABLE_COLS] + ["eps", "n_test"])
+        for row in rows:
+            w.writerow([cell(row, k) for k, _ in TABLE_COLS] + [row["eps"], row["n_test"]])
+    lines = ["| " + " | ".join(h for _, h in TABLE_COLS) + " |", "|" + "---|" * len(TABLE_COLS)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, k) or "—" for k, _ in TABLE_COLS) + " |")
+    md = "\n".join(lines)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(md + "\n")
+    return md
+
+
+def write_per_run(results, out_dir):
+    keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
+           [f"pgd{k}" for k in PGD_STEPS] + ["apgd_ce", "apgd_dlr", "square", "worst", "flags", "attack_parameters"]
+    with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in results:
+            w.writerow([("; ".join(r["flags"]) if k == "flags" else
+                         " | ".join(f"{a}: {p}" for a, p in r["params"].items()) if k == "attack_parameters" else
+                         r.get(k, "")) for k in keys])
+
+
+def draw_figures(rows, results, out_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    # one colour per configuration, the same in both panels; circles = activations, squares = Table 1 rows
+    colours = {name: plt.cm.tab10(i) for i, name in enumerate(list(PAPER_FIGURE3) + ["sg-attacker", "sg-optimizer", "sg-both"])}
+    # Figure 3: clean vs robust for each activation, ours beside the paper's
+    fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for row in rows:
+        if row["train_attack"] == "none":
+            continue
+        (c, cs), (rb, rs), (w, ws) = row["clean"], row["pgd200"], row["worst"]
+        sg = row["smooth_grad"] != "none"
+        key = f"sg-{row['smooth_grad']}" if sg else row["act"]
+        label = row["act"] + (f" sg-{row['smooth_grad']}" if sg else "")
+        err = lambda s: None if math.isnan(s) else 100 * s  # noqa: E731
+        ax_o.errorbar(100 * c, 100 * rb, xerr=err(cs), yerr=err(rs), fmt="s" if sg else "o", color=colours.get(key),
+                      capsize=3, label=label)
+        ax_o.errorbar(100 * c, 100 * w, yerr=err(ws), fmt="s" if sg else "o", mfc="none", color=colours.get(key), capsize=2)
+    for act, (c, rb) in PAPER_FIGURE3.items():
+        ax_p.plot(c, rb, "o", color=colours[act], label=act)
+    for mode, (c, rb) in PAPER_TABLE1.items():
+        if mode != "none":
+            ax_p.plot(c, rb, "s", color=colours[f"sg-{mode}"], label=f"relu sg-{mode}")
+    ax_o.set(title="this repo: digits, mean ± std over seeds\nfilled: PGD-200, hollow: worst case over all attacks",
+             xlabel="clean accuracy %", ylabel="robust accuracy %")
+    ax_p.set(title="paper: ImageNet ResNet-50 (Table 1, Figure 3)", xlabel="clean accuracy %", ylabel="PGD-200 robust accuracy %")
+    for ax in (ax_o, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "figure3_acc_vs_robust.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    # robust accuracy against steps and against eps, seed 0 (or the lowest seed) of each configuration
+    firsts = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        firsts.setdefault(config_label(r), r)
+    for name, xlabel, getter in [("robust_vs_steps.png", "PGD steps (step max(eps/4, eps/k))",
+                                  lambda r: (PGD_STEPS, [100 * r[f"pgd{k}"] for k in PGD_STEPS])),
+                                 ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",
+                                  lambda r: ([float(e) for e in r["eps_curve"]], [100 * a for a in r["eps_curve"].values()]))]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, r in firsts.items():
+            xs, ys = getter(r)
+            ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=f"{label} s{r['seed']}")
+        ax.set(xscale="log", xlabel=xlabel, ylabel="robust accuracy %", ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, name))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
+    p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for */final.pt (default runs)")
+    p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
+    p.add_argument("--data", default=None, help="cifar10/imagenet data folder (default: the one in the checkpoint's config)")
+    p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per attack batch")
+    p.add_argument("--apgd-steps", type=int, default=APGD_STEPS, help="APGD iterations")
+    p.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack queries")
+    p.add_argument("--autoattack", action="store_true", help="also run AutoAttack's standard set (slow)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
+    args = p.parse_args(argv)
+    if args.limit < 0 or args.batch_size < 1 or args.apgd_steps < 1 or args.square_queries < 1:
+        p.error(f"--limit must be >= 0 and --batch-size, --apgd-steps, --square-queries >= 1; got {args.limit}, {args.batch_size}, {args.apgd_steps}, {args.square_queries}")
+    if args.eps is not None and not args.eps > 0:
+        p.error(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {args.eps}")
+    if not os.path.isdir(args.runs):
+        raise common.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
+    paths = find_checkpoints(args.runs)
+    if not paths:
+        raise common.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
+    device = common.pick_device(args.device)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"evaluating {len(paths)} checkpoint(s) on {device}; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} "
+          f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
+          + (", AutoAttack" if args.autoattack else ""))
+    print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
+    results, t_all = [], time.time()
+    for path in paths:
+        t0 = time.time()
+        r, cached = evaluate_checkpoint(path, args, device)
+        results.append(r)
+        print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
+              f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
+              f"{'cache' if cached else f'{time.time() - t0:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
+    rows = aggregate(results)
+    md = write_tables(rows, args.out)
+    write_per_run(results, args.out)
+    figs = draw_figures(rows, results, args.out)
+    print(f"\nresults by configuration (accuracies in %, mean ± std over seeds; eps and attack parameters in per_run.csv):\n{md}")
+    print(f"\nevaluated in {time.time() - t_all:.0f} s. Results table: {os.path.join(args.out, 'results.md')} (and .csv, per_run.csv)")
+    print("Figures: " + ", ".join(figs))
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
