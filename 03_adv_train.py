@@ -321,6 +321,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
 
     best_pgd10, co_epoch = 0.0, None
+    ckpt = state   # a resumed run that had finished its last epoch goes straight to writing final.pt
     for row in history:
         best_pgd10 = max(best_pgd10, row["check_pgd10_acc"])
     for epoch in range(start_epoch, cfg.epochs):

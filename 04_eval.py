@@ -10,13 +10,14 @@ Per checkpoint (its own dataset and eps; step eps/4):
   Square (margin loss), optionally AutoAttack's standard set (--autoattack); PGD-20 at 0.5/1/2/4/8 x eps.
   Worst case = robust only if robust to every attack run.
 Masking checks (each failure is printed as a flag beside the model, with its numbers):
-  steps       robust accuracy must not rise with more PGD steps (1 -> 10 -> 50 -> 200), 1-point tolerance
+  steps       robust accuracy must not rise with more PGD steps (1 -> 10 -> 50 -> 200, one shared random
+              start; step max(eps/4, eps/k), so 10, 50 and 200 share step eps/4), 1-point tolerance
   eps         at 8 x eps robust accuracy must fall to about chance (<= chance + 10 points)
   single-step FGSM must not be stronger than PGD-200 (1-point tolerance)
   independent APGD / Square must not beat PGD-200 by more than 3 points
 
 Run it:
-    python 04_eval.py                        # every final.pt under runs/, CPU: ~4 min for the digits runs
+    python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
     python 04_eval.py --limit 1000 --batch-size 100    # ImageNet/CIFAR checkpoints: quick look on 1000 images
 Writes (runs/04_eval/):
     results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
@@ -65,73 +66,76 @@ def paper_numbers(act, smooth_grad):
 # ----------------------------------------------------------------------------------------------------
 # Evaluating one model
 
-def predict_correct(model, x, y, batch_size):
+def correct(model, x, y):
     with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(y), batch_size)])
+        return model(x).argmax(1) == y
 
 
-def batched(fn, x, y, batch_size):
-    """Run fn(x_batch, y_batch) -> per-example tensor over batches and concatenate."""
-    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)])
-
-
-def robust_pgd(model, x, y, eps, steps, batch_size, seed=0):
-    """(robust mask, step) for PGD-k with stage 02's step rule, random start, early stopping."""
+def pgd_robust(model, x, y, eps, steps):
+    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start) and the step it used:
+    max(eps/4, eps/k) for k < 200; eps/4 for PGD-200, the paper's 1/255 at eps 4/255."""
     step = attack.default_step(eps, steps) if steps < 200 else eps / 4
-    torch.manual_seed(seed)
-    broken_at = batched(lambda xb, yb: attack.pgd_eval(model, xb, yb, eps, step, steps), x, y, batch_size)
-    return broken_at == -1, step
+    return attack.pgd_eval(model, x, y, eps, step, steps) == -1, step
 
 
-def robust_torchattacks(atk, model, x, y, batch_size):
-    def run(xb, yb):
-        return predict_correct(model, atk(xb, yb), yb, batch_size)
-    return batched(run, x, y, batch_size)
+def batch_masks(model, x, y, eps, tas, seed):
+    """Per-example robust masks of one batch under every attack. tas: name -> torchattacks attack.
+    The PGD-k runs share one random start (same seed), so their curve isolates the effect of more steps."""
+    masks = {"clean": correct(model, x, y),
+             "fgsm": correct(model, attack.pgd(model, x, y, eps, eps, 1, rand_start_prob=0.0), y)}
+    for k in PGD_STEPS:
+        torch.manual_seed(seed)
+        masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k)[0]
+    for name, atk in tas.items():
+        masks[name] = correct(model, atk(x, y), y)
+    for f in EPS_FACTORS:   # robust accuracy against eps (PGD-20): the eps check and the figure
+        masks[f"eps_x{f}"] = pgd_robust(model, x, y, min(eps * f, 1.0), 20)[0]
+    return masks
 
 
-def evaluate_model(model, x, y, eps, num_classes, batch_size=500, autoattack=False,
-                   square_queries=SQUARE_QUERIES, apgd_steps=APGD_STEPS, seed=0):
-    """Every attack on one model. x: (N, C, H, W) in [0, 1]; eps in [0, 1] units.
-    Returns a dict of accuracies (fractions), the attack parameters beside them, and the masking flags."""
+def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_queries=SQUARE_QUERIES,
+                     apgd_steps=APGD_STEPS, seed=0, device="cpu"):
+    """Every attack on one model, over an iterable of (x, y) batches (a DataLoader, or slices of tensors),
+    so a data set never has to fit in memory. x in [0, 1]; eps in [0, 1] units.
+    Returns accuracies (fractions), the attack parameters beside them, and the masking flags."""
     import torchattacks
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (in [0, 1] units), got {eps}")
     model.eval()
-    res, masks, params = {}, {}, {}
-    masks["clean"] = predict_correct(model, x, y, batch_size)
-    torch.manual_seed(seed)
-    masks["fgsm"] = batched(lambda xb, yb: predict_correct(model, attack.pgd(model, xb, yb, eps, eps, 1, 0.0), yb, batch_size), x, y, batch_size)
-    params["fgsm"] = f"eps={eps * 255:.4g}/255 step=eps, no random start"
+    e = f"eps={eps * 255:.4g}/255"
+    params = {"fgsm": f"{e} step=eps, no random start"}
     for k in PGD_STEPS:
-        masks[f"pgd{k}"], step = robust_pgd(model, x, y, eps, k, batch_size, seed)
-        params[f"pgd{k}"] = f"eps={eps * 255:.4g}/255 step={step * 255:.4g}/255 steps={k} random start, any-iterate"
-    for loss in ("ce", "dlr"):
-        atk = torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1, loss=loss, seed=seed)
-        masks[f"apgd_{loss}"] = robust_torchattacks(atk, model, x, y, batch_size)
-        params[f"apgd_{loss}"] = f"torchattacks.APGD eps={eps * 255:.4g}/255 steps={apgd_steps} restarts=1 loss={loss}"
-    atk = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
-    masks["square"] = robust_torchattacks(atk, model, x, y, batch_size)
-    params["square"] = f"torchattacks.Square eps={eps * 255:.4g}/255 queries={square_queries} loss=margin"
+        params[f"pgd{k}"] = f"{e} step={(attack.default_step(eps, k) if k < 200 else eps / 4) * 255:.4g}/255 steps={k} random start, any-iterate"
+    tas = {f"apgd_{loss}": torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1, loss=loss, seed=seed)
+           for loss in ("ce", "dlr")}
+    tas["square"] = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
+    params.update({f"apgd_{loss}": f"torchattacks.APGD {e} steps={apgd_steps} restarts=1 loss={loss}" for loss in ("ce", "dlr")})
+    params["square"] = f"torchattacks.Square {e} queries={square_queries} loss=margin"
     if autoattack:
-        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=seed)
-        masks["autoattack"] = robust_torchattacks(atk, model, x, y, batch_size)
-        params["autoattack"] = f"torchattacks.AutoAttack standard eps={eps * 255:.4g}/255"
-    attacks_run = [k for k in masks if k != "clean"]
-    worst = masks["clean"].clone()
+        tas["autoattack"] = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=seed)
+        params["autoattack"] = f"torchattacks.AutoAttack standard {e}"
+    masks = {}
+    for i, (x, y) in enumerate(batches):
+        for k, m in batch_masks(model, x.to(device), y.to(device), eps, tas, seed + i).items():
+            masks.setdefault(k, []).append(m.cpu())
+    masks = {k: torch.cat(v) for k, v in masks.items()}
+    attacks_run = ["fgsm"] + [f"pgd{k}" for k in PGD_STEPS] + list(tas)
+    masks["worst"] = masks["clean"].clone()
     for k in attacks_run:
-        worst &= masks[k]
-    masks["worst"] = worst
+        masks["worst"] &= masks[k]
     params["worst"] = "per-example worst case over " + ", ".join(attacks_run)
-    res = {k: v.float().mean().item() for k, v in masks.items()}
-    # robust accuracy against eps (PGD-20), for the eps check and the figure
-    res["eps_curve"] = {}
-    for f in EPS_FACTORS:
-        e = min(eps * f, 1.0)
-        res["eps_curve"][f"{e * 255:.4g}"] = robust_pgd(model, x, y, e, 20, batch_size, seed)[0].float().mean().item()
+    res = {k: v.float().mean().item() for k, v in masks.items() if not k.startswith("eps_x")}
+    res["eps_curve"] = {f"{min(eps * f, 1.0) * 255:.4g}": masks[f"eps_x{f}"].float().mean().item() for f in EPS_FACTORS}
     res["params"] = params
-    res["n"] = len(y)
+    res["n"] = len(masks["clean"])
     res["flags"] = masking_flags(res, num_classes)
     return res
+
+
+def evaluate_model(model, x, y, eps, num_classes, batch_size=500, **kw):
+    """evaluate_batches on tensors x (N, C, H, W) in [0, 1] and y (N,), in batches of batch_size."""
+    batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
+    return evaluate_batches(model, batches, eps, num_classes, device=x.device, **kw)
 
 
 def masking_flags(r, num_classes):
@@ -156,22 +160,26 @@ def masking_flags(r, num_classes):
 # ----------------------------------------------------------------------------------------------------
 # Every checkpoint under runs/
 
+STAGE_DIRS = ("02_pgd", "03_adv_train")   # where the stages put their runs, below --runs
+
+
 def find_checkpoints(root):
-    """Every run's final.pt below `root` (stage 02's standard model and every stage 03 run)."""
-    return sorted(glob.glob(os.path.join(root, "**", "final.pt"), recursive=True))
+    """Every run's final.pt: below root/02_pgd and root/03_adv_train when those exist (stage 02's standard
+    model and every stage 03 run; not studies or notebooks writing elsewhere under runs/), else below root."""
+    dirs = [os.path.join(root, d) for d in STAGE_DIRS if os.path.isdir(os.path.join(root, d))] or [root]
+    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "final.pt"), recursive=True))
 
 
-def test_tensors(cfg, data_dir, limit):
-    """(x, y) of the checkpoint's test split, at most `limit` images (the first ones, a fixed subset)."""
+def test_batches(cfg, data_dir, limit, batch_size, workers=4):
+    """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
     if cfg["dataset"] == "digits":
-        x, y = common.digits_tensors("test")
+        ds = torch.utils.data.TensorDataset(*common.digits_tensors("test"))
+        workers = 0
     else:
         ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
-        n = min(limit or len(ds), len(ds))
-        x, y = next(iter(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(n)), batch_size=n)))
     if limit:
-        x, y = x[:limit], y[:limit]
-    return x, y
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
 
 
 def evaluate_checkpoint(path, args, device):
@@ -188,9 +196,9 @@ def evaluate_checkpoint(path, args, device):
     cfg = ckpt["config"]
     eps_px = args.eps if args.eps is not None else cfg["eps"]
     eps = attack.px(eps_px)
-    x, y = (t.to(device) for t in test_tensors(cfg, args.data, args.limit))
-    res = evaluate_model(model, x, y, eps, cfg["num_classes"], args.batch_size, args.autoattack,
-                         args.square_queries, args.apgd_steps)
+    batches = test_batches(cfg, args.data, args.limit, args.batch_size)
+    res = evaluate_batches(model, batches, eps, cfg["num_classes"], args.autoattack, args.square_queries,
+                           args.apgd_steps, device=device)
     res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
                act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
                eps_px=eps_px, epochs=ckpt.get("epoch"))
@@ -332,7 +340,7 @@ def draw_figures(rows, results, out_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
-    p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for */final.pt (default runs)")
+    p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
     p.add_argument("--data", default=None, help="cifar10/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
