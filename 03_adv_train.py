@@ -197,7 +197,7 @@ def dist_info():
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def make_optimizer(model, cfg: Config, world: int):
+def make_optimizer(model, cfg: Config):
     """SGD + Nesterov; weight decay on conv/linear weights only (the paper's code decays '.*/W' only)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
@@ -291,7 +291,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     model = common.build_model(dataclasses.asdict(cfg)).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimizer = make_optimizer(model, cfg, world)
+    optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, len(loader))
     autocast, scaler = autocast_for(cfg, device)
     start_epoch, history = 0, []
