@@ -89,14 +89,17 @@ class Config:
     channels_last: bool = False    # NHWC memory layout (faster convs on recent GPUs)
     compile: bool = False          # torch.compile the model
     workers: int = 0               # DataLoader worker processes (imagenet: 8+ per GPU)
+    threads: int = 0               # CPU threads for torch; 0 = torch's default (one per core)
     check_size: int = 256          # held-out test images for the per-epoch clean / PGD-10 check
     out: str = ""                  # run folder; empty = runs/03_adv_train/<run name>
 
 
 PRESETS = {
     # digits: chosen by the small study in the README ("Choosing eps for digits"); a run takes ~10 s on 2 cores
+    # threads=1: a batch of 64 8x8 images is too small to share between cores, and two threads per process
+    # spin-wait each other into a 10x slow-down when another process (a notebook, a second run) is busy too
     "digits": dict(model="digitsnet", eps=attack.EPS_PX["digits"], epochs=30, batch_size=64, lr_per_256=0.2, weight_decay=5e-4,
-                   warmup_epochs=2.0, milestones=[15, 25], label_smoothing=0.0, check_size=256),
+                   warmup_epochs=2.0, milestones=[15, 25], label_smoothing=0.0, check_size=256, threads=1),
     # cifar10: the common CIFAR adversarial-training recipe (Madry/Rice et al.), eps 8/255 as usual there;
     # ResNet-18 on one GPU: ~1-2 min per epoch with PGD-1
     "cifar10": dict(model="cifar_resnet18", eps=attack.EPS_PX["cifar10"], epochs=100, batch_size=128, lr_per_256=0.2,
@@ -269,6 +272,8 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     elif os.path.isfile(ckpt_path) and not force:
         raise common.UserError(f"{ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     # Data
     common.seed_everything(cfg.seed)
     train_ds = common.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
@@ -437,6 +442,7 @@ def parse_args(argv=None):
     p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory layout")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (0 = one per core; digits default 1)")
     p.add_argument("--check-size", type=int, default=None, help="held-out images for the per-epoch check")
     p.add_argument("--out", default=None, help="runs folder (default runs/03_adv_train)")
     p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint.pt")
