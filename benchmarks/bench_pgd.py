@@ -27,7 +27,6 @@ import io
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -36,25 +35,10 @@ import torch.nn.functional as F  # noqa: E402
 import torchattacks  # noqa: E402
 
 import common  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-
-
-def interleaved(fns, repeats, inner=1, warmup=2):
-    """Seconds per call of each function in `fns` (name -> fn). One repeat calls each fn `inner` times in a
-    row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings."""
-    for fn in fns.values():
-        for _ in range(warmup):   # first calls pay for allocator growth, kernel selection, lazy init
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[name].append((time.perf_counter() - t) / inner)
-    return times
 
 
 def ratio(times, a, b):

@@ -35,25 +35,10 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import common  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-
-
-def interleaved(fns, repeats, inner=1, warmup=2):
-    """Seconds per call of each function in `fns` (name -> fn): `repeats` rounds, each calling every fn
-    `inner` times in a row. Returns name -> list of per-repeat timings."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[name].append((time.perf_counter() - t) / inner)
-    return times
 
 
 def step_ratio(title, cfg, x, y, repeats, inner):

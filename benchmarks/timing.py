@@ -1,0 +1,18 @@
+"""The one timing helper the benchmarks share: alternate the compared variants, repeat after repeat."""
+import time
+
+
+def interleaved(fns, repeats, inner=1, warmup=2):
+    """Seconds per call of each function in `fns` (name -> fn). One repeat calls each fn `inner` times in a
+    row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings."""
+    for fn in fns.values():
+        for _ in range(warmup):   # first calls pay for allocator growth, kernel selection, lazy init
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t) / inner)
+    return times
