@@ -28,7 +28,6 @@ with a digit cannot be written in an `import` statement, but importlib takes any
 import argparse
 import math
 import os
-import sys
 from contextlib import contextmanager
 
 import torch
