@@ -235,8 +235,6 @@ def activation_stats(name: str, smooth_grad: bool = False, h: float = 1e-7):
 
 def draw_figure2(path: str):
     """Functions and their derivatives on [-4, 4]. Derivatives come from autograd, not from formulas."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = torch.linspace(-4, 4, 1601, dtype=torch.float64, requires_grad=True)
@@ -273,6 +271,8 @@ def main(argv=None):
     if args.act is not None and args.act not in ACTIVATIONS:
         parser.error(f"unknown activation {args.act!r}; accepted: {', '.join(ACTIVATIONS)}")  # exit code 2
 
+    import matplotlib
+    matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     os.makedirs(args.out, exist_ok=True)
     rows = [(n, False) for n in ACTIVATIONS if args.act in (None, n)]
     if args.act in (None, "relu"):

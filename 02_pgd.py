@@ -167,8 +167,6 @@ def standard_digits_model(out_dir, device, seed=0):
 
 
 def draw_examples(model, x, y, x_adv, path, n=5):
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with torch.no_grad():
         p_clean = F.softmax(model(x[:n]), 1)
@@ -204,6 +202,8 @@ def main(argv=None):
     if any(k < 1 for k in args.steps):
         parser.error(f"--steps must all be >= 1, got {args.steps}")
 
+    import matplotlib
+    matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     device = common.pick_device(args.device)
     os.makedirs(args.out, exist_ok=True)
     model, _ = standard_digits_model(args.out, device, args.seed)

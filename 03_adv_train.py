@@ -114,6 +114,12 @@ PRESETS = {
 }
 
 
+# the settings that change what a run learns: a finished run is reused only if all of them match
+TRAINING_KEYS = ("dataset", "model", "width", "image_size", "act", "smooth_grad", "attack", "eps", "attack_steps",
+                 "attack_step", "rand_start_prob", "epochs", "batch_size", "lr_per_256", "momentum", "weight_decay",
+                 "warmup_epochs", "milestones", "label_smoothing", "seed")
+
+
 def preset_config(dataset="digits", **overrides) -> Config:
     if dataset not in PRESETS:
         raise common.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
@@ -262,6 +268,10 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     # Decide between a fresh start, a resume and a skip BEFORE anything is written.
     state = None
     if os.path.isfile(final_path) and not force:
+        done = common.load_checkpoint(final_path)["config"]
+        diff = [f"{k} {done.get(k)!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS if done.get(k) != getattr(cfg, k)]
+        if diff:
+            raise common.UserError(f"{final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
         say(f"{run_name(cfg)}: finished already ({final_path}); --force retrains it")
         return final_path
     if resume:

@@ -193,3 +193,13 @@ def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         common.save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, str(path))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path):
+    cfg = cfg_digits(train_mod, tmp_path)
+    path = train_mod.train(cfg, quiet=True)
+    before = open(path, "rb").read()
+    assert train_mod.train(cfg, quiet=True) == path and open(path, "rb").read() == before   # reused
+    with pytest.raises(common.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
+        train_mod.train(cfg_digits(train_mod, tmp_path, eps=32.0), quiet=True)
+    assert open(path, "rb").read() == before
