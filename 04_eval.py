@@ -239,7 +239,11 @@ def aggregate(results):
             row[k] = mean_std([r[k] for r in rs])
         paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
         row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
-        row["flags"] = "; ".join(sorted({f"s{r['seed']}: {f}" for r in rs for f in r["flags"]}))
+        kinds = {}   # which checks failed, on how many seeds (the numbers are in per_run.csv and the printout)
+        for r in rs:
+            for kind in {f.split(":")[0] for f in r["flags"]}:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        row["flags"] = "; ".join(f"{k} ({n}/{len(rs)} seeds)" for k, n in sorted(kinds.items()))
         row["act"], row["smooth_grad"], row["train_attack"] = r0["act"], r0["smooth_grad"], r0["train_attack"]
         rows.append(row)
     return rows
