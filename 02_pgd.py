@@ -29,6 +29,7 @@ Speed figures (PGD step vs training step, vs torchattacks): python benchmarks/be
 import argparse
 import importlib
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +205,7 @@ def main(argv=None):
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
+    t0 = time.time()
     device = common.pick_device(args.device)
     os.makedirs(args.out, exist_ok=True)
     model, _ = standard_digits_model(args.out, device, args.seed)
@@ -234,7 +236,7 @@ def main(argv=None):
     x_adv = pgd(model, x, y, eps, default_step(eps, 10), 10)
     fig = os.path.join(args.out, "adversarial_examples.png")
     draw_examples(model, x, y, x_adv, fig)
-    print(f"wrote {fig}")
+    print(f"wrote {fig} ({time.time() - t0:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -327,6 +327,7 @@ def draw_figures(rows, results, out_dir):
                                  ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",
                                   lambda r: ([float(e) for e in r["eps_curve"]], [100 * a for a in r["eps_curve"].values()]))]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)   # 11+ lines: tab10 would repeat colours
         for label, r in firsts.items():
             xs, ys = getter(r)
             ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=f"{label} s{r['seed']}")

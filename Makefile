@@ -6,12 +6,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test notebooks bench clean
+.PHONY: run test notebooks bench docs clean
 
 $(VENV)/.installed-run: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-run requirements-test.txt
@@ -33,6 +34,12 @@ notebooks: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_pgd.py
 	$(PY) benchmarks/bench_train.py
+
+# copy the figures the README shows from runs/ (after `make run` and the 3-seed study) into docs/
+docs:
+	mkdir -p docs
+	cp runs/01_activations/figure2_activations.png runs/02_pgd/adversarial_examples.png \
+	   runs/04_eval/figure3_acc_vs_robust.png runs/04_eval/robust_vs_steps.png runs/04_eval/robust_vs_eps.png docs/
 
 clean:
 	rm -rf runs
