@@ -65,7 +65,7 @@ def _check_args(x, eps, step, steps):
         raise ValueError(f"step must be > 0 (in [0, 1] units), got {step}")
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
-    lo, hi = x.min().item(), x.max().item()
+    lo, hi = (v.item() for v in torch.aminmax(x))
     if lo < 0 or hi > 1:
         raise ValueError(f"inputs must be pixels in [0, 1] (normalise inside the model), got min {lo:.3g}, max {hi:.3g}")
 
@@ -125,26 +125,26 @@ def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0):
     model.eval()
     try:
         broken_at = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        delta = _random_start(x, eps, rand_start_prob)
-        active = torch.arange(x.shape[0], device=x.device)   # indices of examples not yet broken
+        idx = torch.arange(x.shape[0], device=x.device)   # which examples are still in the batch
+        xa, ya, da = x, y, _random_start(x, eps, rand_start_prob)
         for t in range(int(steps) + 1):
-            xa, ya = x[active], y[active]
-            da = delta[active].requires_grad_(t < steps)
+            da.requires_grad_(t < steps)
             with torch.set_grad_enabled(t < steps):
                 logits = model(xa + da)
             fooled = logits.argmax(1) != ya
-            broken_at[active[fooled]] = t
             if t == steps:
+                broken_at[idx[fooled]] = t
                 break
             loss = F.cross_entropy(logits.float(), ya, reduction="sum")
             (grad,) = torch.autograd.grad(loss, da)
             da = (da.detach() + step * grad.sign()).clamp(-eps, eps)
             da = (xa + da).clamp(0, 1) - xa
-            keep = ~fooled
-            delta[active[keep]] = da[keep]
-            active = active[keep]
-            if active.numel() == 0:
-                break
+            if fooled.any():    # shrink the batch only when someone was fooled: indexing costs time too
+                broken_at[idx[fooled]] = t
+                keep = ~fooled
+                xa, ya, da, idx = xa[keep], ya[keep], da[keep], idx[keep]
+                if idx.numel() == 0:
+                    break
         return broken_at
     finally:
         model.train(was_training)
