@@ -11,9 +11,10 @@ statistics frozen; (2) the optimizer takes one SGD step on the loss at x + delta
 a smooth activation (stage 01) instead of ReLU.
 
 Run it:
-    python 03_adv_train.py                   # digits, CPU, ~2 min: Table 1's 4 rows + Figure 3's 7 activations
+    python 03_adv_train.py                   # digits, CPU, ~2.5 min: Table 1's 4 rows + Figure 3's 7 activations
+                                             # (10 runs of 11-17 s on 2 cores)
     python 03_adv_train.py --act silu        # narrow: one activation;  --smooth-grad both: one Table 1 row
-    python 03_adv_train.py --seeds 3         # seeds 0, 1, 2 of everything (the README's reproduction study)
+    python 03_adv_train.py --seeds 3         # seeds 0, 1, 2 of everything (the README's study, ~10 min)
     python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
     torchrun --nproc_per_node 8 03_adv_train.py --dataset imagenet --data /path/to/imagenet --act silu
                                              # the paper's ResNet-50 recipe (preset 'imagenet')

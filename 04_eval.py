@@ -18,6 +18,7 @@ Masking checks (each failure is printed as a flag beside the model, with its num
 
 Run it:
     python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
+                                             # CPU: ~2.5 min for the 11 default digits checkpoints (~13-25 s each)
     python 04_eval.py --limit 1000 --batch-size 100    # ImageNet/CIFAR checkpoints: quick look on 1000 images
 Writes (runs/04_eval/):
     results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
