@@ -211,7 +211,7 @@ for r in rows:
     p = r["pgd200"][0]
     best_name, best = min(((k, r[k][0]) for k in ("apgd_ce", "apgd_dlr", "square")), key=lambda kv: kv[1])
     gap = 100 * (p - best)
-    flagged = "independent:" in r["flags"]   # stage 04's own verdict (any seed)
+    flagged = "independent" in r["flags"]   # stage 04's own verdict (any seed)
     masking.append([r["configuration"], 100 * p, f"{100 * best:.1f} ({best_name})", f"{gap:+.1f}", 100 * r["worst"][0],
                     "FLAGGED" if flagged else "ok"])
 nb.table(["configuration", "PGD-200 %", "best independent attack %", "PGD-200 minus it", "worst case %", "independent check"], masking)
