@@ -133,16 +133,21 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.dataset}_{cfg.act}{sg}{std}_s{cfg.seed}"
 
 
+def check_act_and_mode(act: str, smooth_grad: str):
+    """One UserError line for an unknown activation (stage 01's list) or smooth-gradient mode."""
+    try:
+        acts.check_activation_name(act)
+    except ValueError as e:
+        raise common.UserError(str(e))
+    if smooth_grad not in SMOOTH_GRAD_MODES:
+        raise common.UserError(f"unknown --smooth-grad {smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+
+
 def validate(cfg: Config) -> Config:
     """Every bad setting is one UserError line naming the value and what is accepted."""
     if cfg.dataset not in common.DATASETS:
         raise common.UserError(f"unknown dataset {cfg.dataset!r}; accepted: {', '.join(common.DATASETS)}")
-    try:
-        acts.check_activation_name(cfg.act)
-    except ValueError as e:
-        raise common.UserError(str(e))
-    if cfg.smooth_grad not in SMOOTH_GRAD_MODES:
-        raise common.UserError(f"unknown --smooth-grad {cfg.smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+    check_act_and_mode(cfg.act, cfg.smooth_grad)
     if cfg.smooth_grad != "none" and cfg.act != "relu":
         raise common.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
     if cfg.attack not in ATTACKS:
@@ -155,12 +160,7 @@ def validate(cfg: Config) -> Config:
         raise common.UserError(f"need epochs >= 1, batch size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr_per_256}")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise common.UserError(f"unknown --amp {cfg.amp!r}; accepted: auto, bf16, fp16, off")
-    if cfg.model in ("digitsnet", "cifar_resnet18") and cfg.model != {"digits": "digitsnet", "cifar10": "cifar_resnet18"}.get(cfg.dataset):
-        raise common.UserError(f"model {cfg.model!r} does not fit dataset {cfg.dataset!r}")
-    if cfg.model not in ("digitsnet", "cifar_resnet18"):
-        import torchvision
-        if cfg.model not in torchvision.models.list_models(module=torchvision.models):
-            raise common.UserError(f"unknown model {cfg.model!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    common.check_model_name(cfg.model, cfg.dataset)
     return cfg
 
 
@@ -467,14 +467,11 @@ def configs_from_args(args) -> list:
     """The list of Configs the command line asks for: the sweep, narrowed by --act / --smooth-grad."""
     if args.dataset not in PRESETS:
         raise common.UserError(f"unknown dataset {args.dataset!r}; accepted: {', '.join(PRESETS)}")
+    # names are checked here, before the sweep is narrowed: an unknown one would silently select nothing
     for a in args.act or []:
-        try:
-            acts.check_activation_name(a)
-        except ValueError as e:
-            raise common.UserError(str(e))
+        check_act_and_mode(a, "none")
     for m in args.smooth_grad or []:
-        if m not in SMOOTH_GRAD_MODES:
-            raise common.UserError(f"unknown --smooth-grad {m!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+        check_act_and_mode("relu", m)
     if args.smooth_grad and args.act and "relu" not in args.act:
         raise common.UserError(f"--smooth-grad applies to --act relu only, not {' '.join(args.act)}")
     sweep = [(a, m) for a, m in SWEEP if (args.act is None or a in args.act)

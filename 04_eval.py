@@ -72,11 +72,14 @@ def correct(model, x, y):
         return model(x).argmax(1) == y
 
 
+def pgd_step(eps, steps):
+    """Step of PGD-k here: max(eps/4, eps/k) for k < 200; eps/4 for PGD-200, the paper's 1/255 at eps 4/255."""
+    return attack.default_step(eps, steps) if steps < 200 else eps / 4
+
+
 def pgd_robust(model, x, y, eps, steps):
-    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start) and the step it used:
-    max(eps/4, eps/k) for k < 200; eps/4 for PGD-200, the paper's 1/255 at eps 4/255."""
-    step = attack.default_step(eps, steps) if steps < 200 else eps / 4
-    return attack.pgd_eval(model, x, y, eps, step, steps) == -1, step
+    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start, step pgd_step)."""
+    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), steps) == -1
 
 
 def batch_masks(model, x, y, eps, tas, seed):
@@ -86,11 +89,11 @@ def batch_masks(model, x, y, eps, tas, seed):
              "fgsm": correct(model, attack.pgd(model, x, y, eps, eps, 1, rand_start_prob=0.0), y)}
     for k in PGD_STEPS:
         torch.manual_seed(seed)
-        masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k)[0]
+        masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k)
     for name, atk in tas.items():
         masks[name] = correct(model, atk(x, y), y)
     for f in EPS_FACTORS:   # robust accuracy against eps (PGD-20): the eps check and the figure
-        masks[f"eps_x{f}"] = pgd_robust(model, x, y, min(eps * f, 1.0), 20)[0]
+        masks[f"eps_x{f}"] = pgd_robust(model, x, y, min(eps * f, 1.0), 20)
     return masks
 
 
@@ -106,7 +109,7 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
     e = f"eps={eps * 255:.4g}/255"
     params = {"fgsm": f"{e} step=eps, no random start"}
     for k in PGD_STEPS:
-        params[f"pgd{k}"] = f"{e} step={(attack.default_step(eps, k) if k < 200 else eps / 4) * 255:.4g}/255 steps={k} random start, any-iterate"
+        params[f"pgd{k}"] = f"{e} step={pgd_step(eps, k) * 255:.4g}/255 steps={k} random start, any-iterate"
     tas = {f"apgd_{loss}": torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1, loss=loss, seed=seed)
            for loss in ("ce", "dlr")}
     tas["square"] = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)

@@ -203,13 +203,28 @@ def cifar_resnet18(num_classes=10):
     return m
 
 
+OWN_MODELS = {"digitsnet": "digits", "cifar_resnet18": "cifar10"}   # this repo's models and their data set
+
+
+def check_model_name(name: str, dataset: str) -> str:
+    """Return `name` if it is one of this repo's models fitting `dataset`, or a torchvision classification
+    model; else raise one UserError line."""
+    import torchvision
+    if name in OWN_MODELS:
+        if OWN_MODELS[name] != dataset:
+            raise UserError(f"model {name!r} does not fit dataset {dataset!r}")
+    elif name not in torchvision.models.list_models(module=torchvision.models):
+        raise UserError(f"unknown model {name!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    elif dataset == "digits":   # torchvision models expect 3-channel images; the digits have 1
+        raise UserError(f"model {name!r} does not fit dataset 'digits' (1 channel); use digitsnet")
+    return name
+
+
 def torchvision_model(name: str, num_classes: int):
     """Any torchvision classification model by name, untrained (resnet50, resnet101, resnext50_32x4d, ...).
     ResNets get zero-initialised last BN gamma in each block, as in the paper's recipe."""
     import torchvision
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise UserError(f"unknown model {name!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    check_model_name(name, "imagenet")
     kw = {"zero_init_residual": True} if ("resnet" in name or "resnext" in name) else {}
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kw)
 

@@ -135,6 +135,8 @@ def run_cli(train_mod, capsys, args):
     (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar10, imagenet"),
     (["--act", "swish"], "unknown activation 'swish'; accepted: relu"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+    (["--model", "resnet18"], "model 'resnet18' does not fit dataset 'digits'"),
+    (["--dataset", "cifar10", "--model", "digitsnet"], "model 'digitsnet' does not fit dataset 'cifar10'"),
     (["--eps", "0"], "--eps must be > 0"),
     (["--smooth-grad", "sometimes"], "unknown --smooth-grad 'sometimes'"),
     (["--dataset", "imagenet", "--data", "/nonexistent/imagenet"], "no ImageNet folder '/nonexistent/imagenet/train'"),
