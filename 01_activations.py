@@ -25,7 +25,6 @@ There is no GPU setting: nothing here is heavy.
 Later stages import this file as `importlib.import_module("01_activations")` (a module name that starts
 with a digit cannot be written in an `import` statement, but importlib takes any string).
 """
-import argparse
 import math
 import os
 from contextlib import contextmanager
@@ -33,6 +32,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import common   # one-line errors and the output-folder check of main(); the activations need torch only
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -264,16 +265,19 @@ def draw_figure2(path: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--act", default=None, help=f"show one activation only; one of {', '.join(ACTIVATIONS)}")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
     args = parser.parse_args(argv)
-    if args.act is not None and args.act not in ACTIVATIONS:
-        parser.error(f"unknown activation {args.act!r}; accepted: {', '.join(ACTIVATIONS)}")  # exit code 2
+    if args.act is not None:
+        try:
+            check_activation_name(args.act)
+        except ValueError as e:
+            raise common.UserError(str(e))
+    common.check_out_dir(args.out)
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
-    os.makedirs(args.out, exist_ok=True)
     rows = [(n, False) for n in ACTIVATIONS if args.act in (None, n)]
     if args.act in (None, "relu"):
         rows.append(("relu", True))
@@ -293,4 +297,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_cli(main)

@@ -26,7 +26,6 @@ Writes:
     runs/02_pgd/adversarial_examples.png      clean / perturbation / adversarial, with predictions
 Speed figures (PGD step vs training step, vs torchattacks): python benchmarks/bench_pgd.py
 """
-import argparse
 import importlib
 import os
 import time
@@ -46,6 +45,13 @@ OUT_DIR = os.path.join(common.RUNS_DIR, "02_pgd")
 def px(value_in_pixels: float) -> float:
     """Pixel units (0..255) -> [0, 1] units. The one place where '--eps 4' becomes 4/255."""
     return float(value_in_pixels) / 255.0
+
+
+def check_px(flag: str, value: float, zero_ok: bool = False) -> float:
+    """A radius or step size given on a command line, in pixel units: one error line unless it is a finite
+    number in (0, 255] ([0, 255] with zero_ok, where 0 means "the default"). 255 is the whole pixel range."""
+    return common.check_number(flag, value, 0, 255, lo_open=not zero_ok,
+                               hint=" (pixel units: 4 means 4/255" + ("; 0 = the default)" if zero_ok else ")"))
 
 
 def default_step(eps: float, steps: int) -> float:
@@ -191,23 +197,23 @@ def draw_examples(model, x, y, x_adv, path, n=5):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="PGD attack on the standard digits model")
+    parser = common.ArgumentParser(description="PGD attack on the standard digits model")
     parser.add_argument("--eps", type=float, default=EPS_PX["digits"], help="L-inf radius, pixel units (64 = 64/255)")
     parser.add_argument("--steps", type=int, nargs="+", default=STEPS, help="PGD step counts to try")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="seed for training and the random starts")
     args = parser.parse_args(argv)
-    if args.eps <= 0:
-        parser.error(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {args.eps}")
-    if any(k < 1 for k in args.steps):
-        parser.error(f"--steps must all be >= 1, got {args.steps}")
+    check_px("--eps", args.eps)
+    for k in args.steps:
+        common.check_number("--steps", k, 1, 100_000)
+    common.check_number("--seed", args.seed, 0, 2**32 - 1)
+    common.check_out_dir(args.out)
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     t0 = time.time()
     device = common.pick_device(args.device)
-    os.makedirs(args.out, exist_ok=True)
     model, _ = standard_digits_model(args.out, device, args.seed)
     x, y = (t.to(device) for t in common.digits_tensors("test"))   # (500, 1, 8, 8), (500,)
     eps = px(args.eps)

@@ -24,10 +24,10 @@ Writes, per run (runs/03_adv_train/<dataset>_<act>[_sg-<mode>]_s<seed>/):
     log.csv         one row per epoch (the columns of the printed table)
 Speed figures (adversarial vs standard training step): python benchmarks/bench_train.py
 """
-import argparse
 import csv
 import dataclasses
 import importlib
+import itertools
 import math
 import os
 import sys
@@ -76,6 +76,7 @@ class Config:
     rand_start_prob: float = 1.0   # share of batches starting from a random point (paper's code: 0.8)
     # optimisation (paper, ImageNet: SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90)
     epochs: int = 30               # passes over the training set
+    steps_per_epoch: int = 0       # 0 = the whole training set each epoch; N = its first N batches only
     batch_size: int = 64           # GLOBAL batch (split over the processes of a torchrun job)
     lr_per_256: float = 0.2        # learning rate for a batch of 256; actual lr = lr_per_256 * batch/256
     momentum: float = 0.9          # Nesterov momentum
@@ -92,6 +93,7 @@ class Config:
     workers: int = 0               # DataLoader worker processes (imagenet: 8+ per GPU)
     threads: int = 0               # CPU threads for torch; 0 = torch's default (one per core)
     check_size: int = 256          # held-out test images for the per-epoch clean / PGD-10 check
+    checkpoint_every: int = 0      # also write checkpoint.pt every N steps inside an epoch (0 = at epoch ends)
     out: str = ""                  # run folder; empty = runs/03_adv_train/<run name>
 
 
@@ -117,7 +119,7 @@ PRESETS = {
 
 # the settings that change what a run learns: a finished run is reused only if all of them match
 TRAINING_KEYS = ("dataset", "model", "width", "image_size", "act", "smooth_grad", "attack", "eps", "attack_steps",
-                 "attack_step", "rand_start_prob", "epochs", "batch_size", "lr_per_256", "momentum", "weight_decay",
+                 "attack_step", "rand_start_prob", "epochs", "steps_per_epoch", "batch_size", "lr_per_256", "momentum", "weight_decay",
                  "warmup_epochs", "milestones", "label_smoothing", "seed")
 
 
@@ -128,9 +130,12 @@ def preset_config(dataset="digits", **overrides) -> Config:
 
 
 def run_name(cfg: Config) -> str:
+    """<dataset>_[<model>_]<act>[_sg-<mode>][_standard]_s<seed>; the model is named when it is not the
+    preset's own, so that resnet50 and resnet101 runs of one activation get folders of their own."""
+    model = f"{cfg.model}_" if cfg.model != PRESETS.get(cfg.dataset, {}).get("model") else ""
     sg = f"_sg-{cfg.smooth_grad}" if cfg.smooth_grad != "none" else ""
     std = "_standard" if cfg.attack == "none" else ""
-    return f"{cfg.dataset}_{cfg.act}{sg}{std}_s{cfg.seed}"
+    return f"{cfg.dataset}_{model}{cfg.act}{sg}{std}_s{cfg.seed}"
 
 
 def check_act_and_mode(act: str, smooth_grad: str):
@@ -143,6 +148,15 @@ def check_act_and_mode(act: str, smooth_grad: str):
         raise common.UserError(f"unknown --smooth-grad {smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
 
 
+# Every numeric setting's accepted range: (lowest, highest[, lowest excluded]). NaN and infinity never pass.
+RANGES = {
+    "width": (1, 4096), "image_size": (16, 4096), "attack_steps": (1, 100_000), "rand_start_prob": (0, 1), "epochs": (1, 100_000), "steps_per_epoch": (0, math.inf),
+    "batch_size": (1, math.inf), "lr_per_256": (0, math.inf, True), "momentum": (0, 1), "weight_decay": (0, 1),
+    "warmup_epochs": (0, 100_000), "label_smoothing": (0, 1), "seed": (0, 2**32 - 1), "workers": (0, 1024),
+    "threads": (0, 4096), "check_size": (1, math.inf), "checkpoint_every": (0, math.inf),
+}
+
+
 def validate(cfg: Config) -> Config:
     """Every bad setting is one UserError line naming the value and what is accepted."""
     if cfg.dataset not in common.DATASETS:
@@ -152,12 +166,12 @@ def validate(cfg: Config) -> Config:
         raise common.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
     if cfg.attack not in ATTACKS:
         raise common.UserError(f"unknown --attack {cfg.attack!r}; accepted: {', '.join(ATTACKS)}")
-    if not cfg.eps > 0:
-        raise common.UserError(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {cfg.eps}")
-    if cfg.attack_steps < 1 or cfg.attack_step < 0 or not 0 <= cfg.rand_start_prob <= 1:
-        raise common.UserError(f"attack settings out of range: steps {cfg.attack_steps} (>= 1), step {cfg.attack_step} (>= 0), rand-start-prob {cfg.rand_start_prob} (0..1)")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr_per_256 > 0:
-        raise common.UserError(f"need epochs >= 1, batch size >= 1, lr > 0; got {cfg.epochs}, {cfg.batch_size}, {cfg.lr_per_256}")
+    attack.check_px("--eps", cfg.eps)
+    attack.check_px("--attack-step", cfg.attack_step, zero_ok=True)
+    for name, (lo, hi, *lo_open) in RANGES.items():
+        common.check_number("--" + name.replace("_", "-"), getattr(cfg, name), lo, hi, bool(lo_open))
+    for m in cfg.milestones:
+        common.check_number("--milestones", m, 1, RANGES["epochs"][1])
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise common.UserError(f"unknown --amp {cfg.amp!r}; accepted: auto, bf16, fp16, off")
     common.check_model_name(cfg.model, cfg.dataset)
@@ -207,6 +221,17 @@ def dist_info():
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def restart_safe_store(rank):
+    """The store the processes of a torchrun job meet in, under a prefix of their own for each restart.
+    torch's default (env://) puts the workers that `torchrun --max-restarts N` starts after a crash where they
+    read the dead workers' addresses (seen with torch 2.14 and gloo: 'Connection refused', the job fails)."""
+    from datetime import timedelta
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"   # torchrun hosts the store itself
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=rank == 0 and not agent_store,
+                          timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"sat/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def make_optimizer(model, cfg: Config):
     """SGD + Nesterov; weight decay on conv/linear weights only (the paper's code decays '.*/W' only)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -251,11 +276,39 @@ def evaluate_check(model, x, y, eps, autocast):
 COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd10_acc", "seconds"]
 
 
+def smoke_shrink(cfg: Config, world: int) -> Config:
+    """SAT_SMOKE=1 (see common.SMOKE): the same run cut to 1 epoch of 2 tiny batches, for the command tests."""
+    return dataclasses.replace(cfg, epochs=1, steps_per_epoch=2, batch_size=min(cfg.batch_size, 4 * world),
+                               image_size=min(cfg.image_size, 32), check_size=min(cfg.check_size, 8),
+                               workers=min(cfg.workers, 1), warmup_epochs=0.0, milestones=[])
+
+
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (its shuffle depends only on the seed and the epoch, so a resumed run sees the
+    same batches as an uninterrupted one) that serves samples [first, last) of this process's epoch: a run
+    resumed in the middle of an epoch starts after the batches it has already trained on, without loading
+    them, and --steps-per-epoch stops an epoch early."""
+    first, last = 0, None
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.first, self.last)
+
+    def __len__(self):
+        return len(range(super().__len__())[self.first:self.last])
+
+
 def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=False) -> str:
-    """Train one configuration to the end (or resume it). Returns the path of its final.pt."""
+    """Train one configuration to the end, or resume it. Returns the path of its final.pt.
+
+    resume=True continues from checkpoint.pt when there is one (written at every epoch end, and every
+    cfg.checkpoint_every steps), and starts from scratch when there is none yet: so the same command,
+    restarted after a crash at any moment (`torchrun --max-restarts N ... --resume`), ends with the weights
+    an uninterrupted run would have."""
     from tqdm import tqdm
     cfg = validate(cfg)
     rank, world, local_rank = dist_info()
+    if common.SMOKE:
+        cfg = smoke_shrink(cfg, world)
     if cfg.batch_size % world:
         raise common.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {world} processes")
     device = common.pick_device(cfg.device)
@@ -265,6 +318,8 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     run_dir = cfg.out or os.path.join(OUT_DIR, run_name(cfg))
     ckpt_path, final_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "final.pt")
     say = print if rank == 0 else (lambda *a, **k: None)
+    if rank == 0:
+        common.check_out_dir(run_dir)
 
     # Decide between a fresh start, a resume and a skip BEFORE anything is written.
     state = None
@@ -275,13 +330,17 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
             raise common.UserError(f"{final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
         say(f"{run_name(cfg)}: finished already ({final_path}); --force retrains it")
         return final_path
-    if resume:
-        state = common.load_checkpoint(ckpt_path)     # missing / corrupt / foreign: one line, exit 2
+    if resume and os.path.isfile(ckpt_path):
+        state = common.load_checkpoint(ckpt_path)     # corrupt / foreign: one line, exit 2, the file kept
         if state.get("kind") != "train":
             raise common.UserError(f"{ckpt_path!r} is not a training checkpoint of stage 03")
         cfg = Config(**state["config"])               # a resumed run keeps its own settings
+    elif resume:
+        say(f"{run_name(cfg)}: no checkpoint at {ckpt_path} yet, starting from scratch")
     elif os.path.isfile(ckpt_path) and not force:
         raise common.UserError(f"{ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
+    if rank == 0:
+        common.remove_stale_temporaries(run_dir)      # left by a process killed while writing a checkpoint
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -292,13 +351,14 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     cfg.num_classes = common.num_classes_of(cfg.dataset, train_ds)
     # DistributedSampler also for one process: the shuffle depends only on (seed, epoch), so a resumed run
     # sees the same batches as an uninterrupted one
-    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True,
-                                                  seed=cfg.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size // world, sampler=sampler,
+    sampler = EpochSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    per_batch = cfg.batch_size // world                # images per step and process
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=per_batch, sampler=sampler,
                                          num_workers=cfg.workers, pin_memory=device.type == "cuda",
                                          drop_last=True, persistent_workers=cfg.workers > 0)
-    if len(loader) == 0:
-        raise common.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {cfg.batch_size // world}")
+    steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
+    if steps_per_epoch == 0:
+        raise common.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {per_batch}")
     n_check = min(cfg.check_size, len(test_ds))
     check = torch.utils.data.DataLoader(torch.utils.data.Subset(test_ds, range(n_check)), batch_size=n_check)
     x_check, y_check = (t.to(device) for t in next(iter(check)))
@@ -308,9 +368,9 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, len(loader))
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     autocast, scaler = autocast_for(cfg, device)
-    start_epoch, history = 0, []
+    start_epoch, history, partial = 0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -318,22 +378,35 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], list(state["metrics"]["history"])
+        partial = state.get("partial")               # set when written in the middle of an epoch
         common.set_rng_state(state["rng"])
-        say(f"{run_name(cfg)}: resumed from {ckpt_path} after epoch {start_epoch}")
+        say(f"{run_name(cfg)}: resumed from {ckpt_path} after epoch {start_epoch}"
+            + (f" and {partial['step']} steps of epoch {start_epoch + 1}" if partial else ""))
     bare = model
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if state is not None and state.get("rank_buffers"):   # after DDP, which copies rank 0's buffers to all
+            with torch.no_grad():
+                for buf, saved in zip(bare.buffers(), state["rank_buffers"][rank]):
+                    buf.copy_(saved)
     fwd_model = torch.compile(model) if cfg.compile else model
     attack_model = torch.compile(bare) if cfg.compile else bare
 
     eps = attack.px(cfg.eps)
     step = attack.px(cfg.attack_step) if cfg.attack_step > 0 else attack.default_step(eps, cfg.attack_steps)
     steps = cfg.attack_steps if cfg.attack == "pgd" else 0
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
     say(f"\n{run_name(cfg)}: {cfg.model} act={cfg.act} smooth_grad={cfg.smooth_grad} attack={cfg.attack}"
         f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255 on {device}, "
-        f"{world} process(es), {len(loader)} steps/epoch")
+        f"{world} process(es), {steps_per_epoch} steps/epoch")
+
+    def checkpoint(epochs_done, partial=None):
+        """Everything needed to continue: after `epochs_done` epochs, plus `partial` steps of the next one.
+        Called by every process (the BN statistics of all are gathered); rank 0 writes the result."""
+        return {"kind": "train", "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(cfg), "rng": common.rng_state(),
+                "rank_buffers": gather_buffers(bare, world),
+                "metrics": {"history": history, "catastrophic_overfitting_epoch": co_epoch}}
     say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
 
     best_pgd10, co_epoch = 0.0, None
@@ -341,13 +414,20 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     for row in history:
         best_pgd10 = max(best_pgd10, row["check_pgd10_acc"])
     for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
         sampler.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet or rank != 0)
-        for i, (x, y) in enumerate(bar):
+        done = partial["step"] if partial else 0      # steps of this epoch trained before a restart
+        sampler.first, sampler.last = done * per_batch, steps_per_epoch * per_batch
+        loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
+        correct = torch.tensor(partial["correct"] if partial else 0.0, device=device)
+        seen = partial["seen"] if partial else 0
+        t0 = time.time() - (partial["seconds"] if partial else 0.0)
+        batches = iter(loader)   # draws the loader's seed from the global RNG, as the uninterrupted run did ...
+        if partial:              # ... which had then trained `done` steps: continue from the RNG as it was then
+            common.set_rng_state(state["rng"])
+        partial = None
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet or rank != 0,
+                   initial=done, total=steps_per_epoch)
+        for i, (x, y) in enumerate(bar, start=done):
             x = x.to(device, non_blocking=True).to(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
             loss, logits = adversarial_training_step(
@@ -357,12 +437,17 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
             loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if i % 20 == 0 or i == len(loader) - 1:      # one host sync every 20 steps, not every step
+            if i % 20 == 0 or i == steps_per_epoch - 1:   # one host sync every 20 steps, not every step
                 mean_loss = loss_sum.item() / seen
                 if not math.isfinite(mean_loss):
                     raise TrainingDiverged(f"{run_name(cfg)}: loss became {mean_loss} in epoch {epoch + 1}; stopped. "
                                            f"The last good checkpoint (if any) is kept at {ckpt_path}. Lower --lr-per-256?")
                 bar.set_postfix(loss=f"{mean_loss:.3f}")
+            if cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                mid = checkpoint(epoch, {"step": i + 1, "loss_sum": loss_sum.item(), "correct": correct.item(),
+                                         "seen": seen, "seconds": time.time() - t0})
+                if rank == 0:
+                    common.save_checkpoint(mid, ckpt_path)
         check_clean, check_pgd10 = evaluate_check(bare, x_check, y_check, eps, autocast)
         row = dict(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], loss=loss_sum.item() / seen,
                    train_adv_acc=correct.item() / seen, check_clean_acc=check_clean,
@@ -377,11 +462,8 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         best_pgd10 = max(best_pgd10, check_pgd10)
         say(f"{row['epoch']:>5} {row['lr']:>8.4f} {row['loss']:>7.4f} {100 * row['train_adv_acc']:>7.1f}% "
             f"{100 * check_clean:>8.1f}% {100 * check_pgd10:>8.1f}% {row['seconds']:>6.1f}{flag}")
+        ckpt = checkpoint(epoch + 1)
         if rank == 0:
-            ckpt = {"kind": "train", "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                    "epoch": epoch + 1, "config": dataclasses.asdict(cfg), "rng": common.rng_state(),
-                    "metrics": {"history": history, "catastrophic_overfitting_epoch": co_epoch}}
             common.save_checkpoint(ckpt, ckpt_path)
             write_csv(os.path.join(run_dir, "log.csv"), history)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
@@ -396,6 +478,20 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         assert_ranks_agree(bare, world, device)
         say(f"{run_name(cfg)}: all {world} ranks hold identical weights")
     return final_path
+
+
+def gather_buffers(model, world):
+    """Every process's buffers (BatchNorm statistics), for an exact resume of a torchrun job; None for one
+    process. DDP overwrites them with rank 0's at the start of each training forward, but each process then
+    updates its own with its own batch and attacks with those: rank 0's alone would not restore the others."""
+    if world == 1:
+        return None
+    per_buffer = []
+    for buf in model.buffers():
+        copies = [torch.empty_like(buf) for _ in range(world)]
+        dist.all_gather(copies, buf.detach().contiguous())
+        per_buffer.append([c.cpu() for c in copies])
+    return [[copies[r] for copies in per_buffer] for r in range(world)]
 
 
 def assert_ranks_agree(model, world, device):
@@ -415,17 +511,19 @@ class TrainingDiverged(Exception):
 
 
 def write_csv(path, history):
-    with open(path, "w", newline="") as f:
+    """log.csv, written to a temporary file and renamed over the old one: a kill never leaves half a file."""
+    with open(path + ".tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(history)
+    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Command line: a sweep of configurations (default: everything the paper compares, on digits, seed 0)
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="(Smooth) adversarial training; see the module docstring.")
+    p = common.ArgumentParser(description="(Smooth) adversarial training; see the module docstring.")
     p.add_argument("--dataset", default="digits", help=f"one of {', '.join(common.DATASETS)}")
     p.add_argument("--data", default=None, help="folder of cifar10 / imagenet (default: data)")
     p.add_argument("--download", action="store_true", help="cifar10: download into --data if missing")
@@ -442,6 +540,7 @@ def parse_args(argv=None):
     p.add_argument("--attack-step", type=float, default=None, help="attack step size, pixel units (default: eps for PGD-1)")
     p.add_argument("--rand-start-prob", type=float, default=None, help="share of batches with a random start (paper's code: 0.8)")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="train on the first N batches of each epoch only (0 = all)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--lr-per-256", type=float, default=None, help="lr for a batch of 256 (scaled linearly)")
     p.add_argument("--weight-decay", type=float, default=None)
@@ -456,7 +555,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (0 = one per core; digits default 1)")
     p.add_argument("--check-size", type=int, default=None, help="held-out images for the per-epoch check")
     p.add_argument("--out", default=None, help="runs folder (default runs/03_adv_train)")
-    p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue each run from its checkpoint.pt; start it if there is none")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps within an epoch (0 = epoch ends only)")
     p.add_argument("--force", action="store_true", help="retrain runs that exist already")
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (then --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -472,16 +572,24 @@ def configs_from_args(args) -> list:
         check_act_and_mode(a, "none")
     for m in args.smooth_grad or []:
         check_act_and_mode("relu", m)
-    if args.smooth_grad and args.act and "relu" not in args.act:
-        raise common.UserError(f"--smooth-grad applies to --act relu only, not {' '.join(args.act)}")
+    smooth_modes = [m for m in args.smooth_grad or [] if m != "none"]   # 'none' suits every activation
+    if smooth_modes and args.act and "relu" not in args.act:
+        raise common.UserError(f"--smooth-grad {' '.join(smooth_modes)} applies to --act relu only, not {' '.join(args.act)}")
+    common.check_number("--seeds", args.seeds, 1, 100_000)
+    if args.seed is not None:
+        common.check_number("--seed", args.seed, *RANGES["seed"])
+    if args.stop_after_epoch is not None:
+        common.check_number("--stop-after-epoch", args.stop_after_epoch, 1, RANGES["epochs"][1])
     sweep = [(a, m) for a, m in SWEEP if (args.act is None or a in args.act)
              and (args.smooth_grad is None or m in args.smooth_grad)]
     if args.attack == "none":       # standard training: the smooth-backward rows do not apply
         sweep = [(a, m) for a, m in sweep if m == "none"]
+    if not sweep:
+        raise common.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__
                  and k not in ("act", "smooth_grad", "dataset", "out", "seed")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-    out_root = args.out or OUT_DIR
+    out_root = common.check_out_dir(args.out) if args.out else OUT_DIR
     cfgs = []
     for seed in seeds:
         for a, m in sweep:
@@ -497,7 +605,7 @@ def main(argv=None):
     rank, world, _ = dist_info()
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfgs[0].device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, store=restart_safe_store(rank), rank=rank, world_size=world)
     t0 = time.time()
     timings = []
     try:

@@ -27,7 +27,6 @@ Writes (runs/04_eval/):
     figure3_acc_vs_robust.png        the paper's Figure 3: ours (left) beside the paper's ImageNet points (right)
     robust_vs_steps.png, robust_vs_eps.png
 """
-import argparse
 import csv
 import glob
 import importlib
@@ -78,8 +77,9 @@ def pgd_step(eps, steps):
 
 
 def pgd_robust(model, x, y, eps, steps):
-    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start, step pgd_step)."""
-    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), steps) == -1
+    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start, step pgd_step).
+    Under SAT_SMOKE=1 (the command tests, see common.SMOKE) every PGD stops after 3 steps."""
+    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), min(steps, 3) if common.SMOKE else steps) == -1
 
 
 def batch_masks(model, x, y, eps, tas, seed):
@@ -114,6 +114,9 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
            for loss in ("ce", "dlr")}
     tas["square"] = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, n_restarts=1, seed=seed)
     params.update({f"apgd_{loss}": f"torchattacks.APGD {e} steps={apgd_steps} restarts=1 loss={loss}" for loss in ("ce", "dlr")})
+    if num_classes < 3:   # DLR divides by the gap between the 1st and 3rd largest logits
+        del tas["apgd_dlr"]
+        params["apgd_dlr"] = "not run: the DLR loss needs at least 3 classes"
     params["square"] = f"torchattacks.Square {e} queries={square_queries} loss=margin"
     if autoattack:
         tas["autoattack"] = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=seed)
@@ -128,7 +131,8 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
     for k in attacks_run:
         masks["worst"] &= masks[k]
     params["worst"] = "per-example worst case over " + ", ".join(attacks_run)
-    res = {k: v.float().mean().item() for k, v in masks.items() if not k.startswith("eps_x")}
+    res = {"apgd_dlr": float("nan")}   # stays NaN where it was not run
+    res.update({k: v.float().mean().item() for k, v in masks.items() if not k.startswith("eps_x")})
     res["eps_curve"] = {f"{min(eps * f, 1.0) * 255:.4g}": masks[f"eps_x{f}"].float().mean().item() for f in EPS_FACTORS}
     res["params"] = params
     res["n"] = len(masks["clean"])
@@ -176,6 +180,7 @@ def find_checkpoints(root):
 
 def test_batches(cfg, data_dir, limit, batch_size, workers=4):
     """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
+    workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
     if cfg["dataset"] == "digits":
         ds = torch.utils.data.TensorDataset(*common.digits_tensors("test"))
         workers = 0
@@ -346,7 +351,7 @@ def draw_figures(rows, results, out_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
+    p = common.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
     p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
     p.add_argument("--data", default=None, help="cifar10/imagenet data folder (default: the one in the checkpoint's config)")
@@ -359,19 +364,25 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
     args = p.parse_args(argv)
-    if args.limit < 0 or args.batch_size < 1 or args.apgd_steps < 1 or args.square_queries < 1:
-        p.error(f"--limit must be >= 0 and --batch-size, --apgd-steps, --square-queries >= 1; got {args.limit}, {args.batch_size}, {args.apgd_steps}, {args.square_queries}")
-    if args.eps is not None and not args.eps > 0:
-        p.error(f"--eps must be > 0 (pixel units, e.g. 4 for 4/255), got {args.eps}")
+    common.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
+    common.check_number("--batch-size", args.batch_size, 1, math.inf)
+    common.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
+    common.check_number("--square-queries", args.square_queries, 1, 1_000_000)
+    if args.eps is not None:
+        attack.check_px("--eps", args.eps)
+    if common.SMOKE:   # the command tests (common.SMOKE): a few images, a few steps of each attack
+        args.limit, args.apgd_steps, args.square_queries = min(args.limit or 16, 16), 2, 5
+    if os.path.isfile(args.runs):
+        raise common.UserError(f"--runs {args.runs!r} is a file; give the folder the stages wrote to (default: runs)")
     if not os.path.isdir(args.runs):
         raise common.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
+    common.check_out_dir(args.out)
     paths = find_checkpoints(args.runs)
     if not paths:
         raise common.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     device = common.pick_device(args.device)
-    os.makedirs(args.out, exist_ok=True)
     print(f"evaluating {len(paths)} checkpoint(s) on {device}; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} "
           f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
           + (", AutoAttack" if args.autoattack else ""))

@@ -10,7 +10,9 @@ Data sets (all pixels in [0, 1]; normalisation is the model's first layer, so an
             existing `cifar-10-batches-py/` folder there.
   imagenet  an ImageFolder tree: <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG.
 """
+import argparse
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -23,6 +25,14 @@ import torch.nn as nn
 CHECKPOINT_FORMAT = "sat-teaching/1"   # written into every checkpoint; a file without it is foreign
 RUNS_DIR = "runs"                      # every stage writes under here; see README "Repo map"
 
+# Smoke-test mode, for tests/test_readme_commands.py, which runs every command of the README and of the
+# stages' docstrings exactly as written, on tiny generated data, in seconds. With SAT_SMOKE=1 in the
+# environment, every training run (stage 03) is cut to 1 epoch of at most 2 steps on tiny batches and
+# 32-pixel ImageNet crops, and every evaluation (stage 04) to a few images and a few attack steps. The
+# commands, flags, data paths, checkpoints and tables are the real ones; only the amount of work shrinks.
+# Never set it for a result: a smoke run learns nothing.
+SMOKE = os.environ.get("SAT_SMOKE", "") not in ("", "0")
+
 
 class UserError(Exception):
     """A mistake in the user's input: printed as one line `error: ...` and exit code 2, never a traceback."""
@@ -33,8 +43,41 @@ def run_cli(main, argv=None):
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = str(e).strip()
+        if "Traceback" in msg:   # raised in a DataLoader worker: torch re-raises it with the worker's traceback
+            msg = msg.splitlines()[-1].split("UserError: ", 1)[-1]
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line (unknown flag, 'abc' for a number) is one `error: ...` line
+    and exit code 2 through run_cli, like every other bad input, instead of a usage block."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def check_number(flag: str, value, lo=-math.inf, hi=math.inf, lo_open=False, hint=""):
+    """One UserError line unless `value` is a finite number in [lo, hi] ((lo, hi] if lo_open).
+    NaN and infinity never pass: every comparison with NaN is False, so a plain `value > 0` lets it through."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+    if not ok:
+        span = f"{'(' if lo_open else '['}{lo:g}, {hi:.10g}{')' if math.isinf(hi) else ']'}"
+        raise UserError(f"{flag} must be a finite number in {span}{hint}, got {value}")
+    return value
+
+
+def check_out_dir(path: str, flag: str = "--out") -> str:
+    """Create the output folder if needed and check that a file can be written there; one UserError line
+    otherwise (the path is a file, lies below a file, or is on a read-only or full disk)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as e:
+        raise UserError(f"{flag} {path!r} cannot be used as an output folder ({e.strerror or e}); give a writable folder")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,9 +172,20 @@ def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int =
     else:
         tf = T.Compose([T.Resize(int(round(image_size * 256 / 224))), T.CenterCrop(image_size), T.ToTensor()])
     try:
-        return torchvision.datasets.ImageFolder(sub, transform=tf)
+        return torchvision.datasets.ImageFolder(sub, transform=tf, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"ImageNet folder {sub!r} is malformed: {str(e).splitlines()[0]}")
+
+
+def load_rgb(path: str):
+    """ImageFolder's loader, except that a corrupt or truncated image is one error line naming the file
+    (PIL's own error says neither which file nor what to do)."""
+    from PIL import Image
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:   # UnidentifiedImageError is an OSError
+        raise UserError(f"image {path!r} cannot be read ({e.__class__.__name__}: {str(e).strip()[:120]}); replace or delete it")
 
 
 def num_classes_of(dataset_name: str, ds) -> int:
@@ -252,22 +306,34 @@ def build_model(cfg: dict) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints: one dict per run, written atomically, read back with weights_only=True
 
+TMP_PREFIX = ".tmp_"   # save_checkpoint's temporary files, renamed over the checkpoint once complete
+
 def save_checkpoint(state: dict, path: str):
     """Write to a temporary file in the same folder, fsync, then rename over `path`. A kill at any moment
     leaves either the old complete file or the new complete file, never a half-written one."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pt")
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=".pt")
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):   # disk full, folder gone, quota, ...: the previous file is untouched
+            raise UserError(f"could not write checkpoint {path!r} ({e.strerror or e}); the previous checkpoint there, if any, is kept")
         raise
+
+
+def remove_stale_temporaries(folder: str):
+    """Delete what a process killed in the middle of save_checkpoint left behind (its temporary file)."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.startswith(TMP_PREFIX):
+            os.remove(os.path.join(folder, name))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -137,7 +137,7 @@ def run_cli(train_mod, capsys, args):
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model", "resnet18"], "model 'resnet18' does not fit dataset 'digits'"),
     (["--dataset", "cifar10", "--model", "digitsnet"], "model 'digitsnet' does not fit dataset 'cifar10'"),
-    (["--eps", "0"], "--eps must be > 0"),
+    (["--eps", "0"], "--eps must be a finite number in (0, 255]"),
     (["--smooth-grad", "sometimes"], "unknown --smooth-grad 'sometimes'"),
     (["--dataset", "imagenet", "--data", "/nonexistent/imagenet"], "no ImageNet folder '/nonexistent/imagenet/train'"),
     (["--dataset", "cifar10", "--data", "/nonexistent/c10"], "no CIFAR-10 at '/nonexistent/c10/cifar-10-batches-py'"),

@@ -1,0 +1,145 @@
+"""Runs that survive a crash at any moment: a stage-03 run killed with SIGKILL (before its first checkpoint,
+in the middle of an epoch, while writing a checkpoint), then started again with the same command
+(`--resume`), ends with exactly the weights of an uninterrupted run; so does a two-process torchrun job
+with `--max-restarts 1` one of whose workers is killed from outside."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import common
+from conftest import ROOT
+
+# 2 epochs of 20 steps (1297 digits, batch 64), a checkpoint every 5 steps and at each epoch end
+ARGS = ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--milestones", "1", "--check-size", "32",
+        "--checkpoint-every", "5", "--resume", "--quiet", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+# Runs stage 03 as `python 03_adv_train.py ARGS`, but kills itself with SIGKILL (no clean-up, no finally
+# blocks, as a power cut or the OOM killer would) at the moment CRASH_AT names:
+#   step:N   at the N-th training step, before its attack
+#   save:N   in the middle of the N-th checkpoint write: its bytes are in the temporary file, not yet renamed
+TRAP = r"""
+import importlib, os, runpy, signal, sys
+sys.path.insert(0, os.getcwd())
+import torch
+kind, n = os.environ["CRASH_AT"].split(":")
+calls = [0]
+def count_then_maybe_die():
+    calls[0] += 1
+    if calls[0] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)
+if kind == "step":
+    attack = importlib.import_module("02_pgd")
+    real_pgd = attack.pgd
+    def pgd(*a, **k):
+        count_then_maybe_die()
+        return real_pgd(*a, **k)
+    attack.pgd = pgd
+else:
+    real_save = torch.save
+    def save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        f.flush()
+        count_then_maybe_die()
+    torch.save = save
+sys.argv = ["03_adv_train.py"] + sys.argv[1:]
+runpy.run_path("03_adv_train.py", run_name="__main__")
+"""
+
+
+def run(args, crash_at=None):
+    cmd = [sys.executable, "-c", TRAP] if crash_at else [sys.executable, "03_adv_train.py"]
+    env = {**ENV, "CRASH_AT": crash_at} if crash_at else ENV
+    return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def final_weights(out):
+    return common.load_checkpoint(os.path.join(out, "digits_relu_s0", "final.pt"))["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("straight"))
+    r = run(ARGS + ["--out", out])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no checkpoint at" in r.stdout and "starting from scratch" in r.stdout   # --resume with nothing to resume
+    return final_weights(out)
+
+
+@pytest.mark.parametrize("crash_at, resumed_at", [
+    ("step:3", None),                                  # before the first checkpoint (step 5)
+    ("step:28", "after epoch 1 and 5 steps of epoch 2"),  # epoch 2, 3 steps after its step-5 checkpoint
+    ("save:4", "after epoch 0 and 15 steps of epoch 1"),  # while writing the epoch-1 checkpoint (the 4th write)
+])
+def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted, tmp_path, crash_at, resumed_at):
+    out = str(tmp_path)
+    r = run(ARGS + ["--out", out], crash_at=crash_at)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+    run_dir = os.path.join(out, "digits_relu_s0")
+    assert not os.path.exists(os.path.join(run_dir, "final.pt"))
+    if crash_at.startswith("save"):
+        assert [f for f in os.listdir(run_dir) if f.startswith(common.TMP_PREFIX)], "the kill should leave a temporary file"
+    r = run(ARGS + ["--out", out])                     # the same command again
+    assert r.returncode == 0, r.stderr[-2000:]
+    if resumed_at:
+        assert f"resumed from {os.path.join(run_dir, 'checkpoint.pt')} {resumed_at}" in r.stdout, r.stdout[-2000:]
+    else:
+        assert "starting from scratch" in r.stdout
+    assert not [f for f in os.listdir(run_dir) if f.startswith(common.TMP_PREFIX)]
+    assert_same_weights(final_weights(out), uninterrupted)
+
+
+def children(pid):
+    """pids whose parent is `pid` (from /proc)."""
+    kids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def local_rank_of(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        return int(env.get(b"LOCAL_RANK", b"-1"))
+    except OSError:
+        return -1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
+def test_torchrun_max_restarts_recovers_from_a_killed_worker(tmp_path):
+    def torchrun(out):
+        # --standalone: a rendezvous on a free local port, as in the README's one-node command
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "--max-restarts", "1", "03_adv_train.py"] + ARGS + ["--epochs", "3", "--checkpoint-every", "3", "--out", out]
+    straight = subprocess.run(torchrun(str(tmp_path / "a")), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    job = subprocess.Popen(torchrun(str(tmp_path / "b")), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "b" / "digits_relu_s0" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victims = [p for p in children(job.pid) if local_rank_of(p) == 1]
+    assert victims, "no worker of local rank 1 found"
+    os.kill(victims[0], signal.SIGKILL)                # from outside, once
+    stdout, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-3000:]
+    assert "resumed from" in stdout and "all 2 ranks hold identical weights" in stdout, stdout[-3000:]
+    assert_same_weights(final_weights(str(tmp_path / "b")), final_weights(str(tmp_path / "a")))
