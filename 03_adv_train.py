@@ -18,8 +18,13 @@ Run it:
     python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
     torchrun --nproc_per_node 8 03_adv_train.py --dataset imagenet --data /path/to/imagenet --act silu
                                              # the paper's ResNet-50 recipe (preset 'imagenet')
-Writes, per run (runs/03_adv_train/<dataset>_<act>[_sg-<mode>]_s<seed>/):
-    checkpoint.pt   every epoch (atomic): model, optimizer, scheduler, scaler, epoch, config, rng, metrics
+Crashes: `--resume` continues each run from its checkpoint.pt (or starts it when there is none), and
+`--checkpoint-every N` also checkpoints every N steps inside an epoch; the same command run again after a
+kill at any moment (or `torchrun --max-restarts N ... --resume`) ends with an uninterrupted run's weights.
+Writes, per run (runs/03_adv_train/<dataset>_[<model>_]<act>[_sg-<mode>]_s<seed>/; the model is named
+when it is not the preset's):
+    checkpoint.pt   every epoch and every --checkpoint-every steps (atomic): model, optimizer, scheduler,
+                    scaler, epoch (+ steps into the next), config, rng, every process's BN statistics, metrics
     final.pt        the same dict once the run has finished: stage 04 evaluates every final.pt it finds
     log.csv         one row per epoch (the columns of the printed table)
 Speed figures (adversarial vs standard training step): python benchmarks/bench_train.py

@@ -1,10 +1,15 @@
 """The one timing helper the benchmarks share: alternate the compared variants, repeat after repeat."""
 import time
 
+import common
+
 
 def interleaved(fns, repeats, inner=1, warmup=2):
     """Seconds per call of each function in `fns` (name -> fn). One repeat calls each fn `inner` times in a
-    row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings."""
+    row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings.
+    Under SAT_SMOKE=1 (the README command test, see common.SMOKE) each fn runs once: the figures mean nothing."""
+    if common.SMOKE:
+        repeats, inner, warmup = 1, 1, 0
     for fn in fns.values():
         for _ in range(warmup):   # first calls pay for allocator growth, kernel selection, lazy init
             fn()

@@ -1,0 +1,150 @@
+"""Every command a user reads runs as written: each command of README.md (its ```bash blocks and its inline
+`python ...`, `make ...`, `torchrun ...` spans) and each command in the numbered stages' docstrings.
+
+They run in the order a reader meets them, in one scratch copy of the repo (so `runs/` fills up as it would
+for a user, and a later command reads what an earlier one wrote), on tiny data this file generates:
+  data/cifar-10-batches-py/   CIFAR-10 in torchvision's on-disk format, 8 random images per file
+  /path/to/imagenet           -> an ImageFolder of 36 small random JPEGs in 3 classes (train/ and val/)
+What changes, and why:
+  SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, every evaluation a few images and attack
+                              steps (common.SMOKE); the commands, flags and code paths are the real ones
+  --nproc_per_node 8 -> 2     two processes (gloo on the CPU); --nnodes 4 -> 1, $NODE_RANK -> 0,
+                              $MASTER -> 127.0.0.1, and a free port for every rendezvous
+  tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
+Not run: `make test` (it is this suite). Editing a command in the README so that it fails fails this test.
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
+NOT_RUN = {"make test": "this test suite itself"}
+PREFIXES = ("python ", "make ", "torchrun ")
+
+
+def readme_commands(text):
+    """Commands of a markdown text, in reading order: every line of its ```bash blocks (backslash
+    continuations joined, comments dropped) and every inline `python|make|torchrun ...` code span."""
+    cmds, in_bash, pending = [], False, ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_bash = not in_bash and line.strip() in ("```bash", "```sh")
+            continue
+        if in_bash:
+            line = re.sub(r"(^|\s)#.*$", "", line).rstrip()
+            if line.endswith("\\"):
+                pending += line[:-1].strip() + " "
+            elif line.strip() or pending:
+                cmds.append((pending + line.strip()).strip())
+                pending = ""
+        else:
+            cmds += [c for c in re.findall(r"`([^`]+)`", line) if c.startswith(PREFIXES)]
+    return [c for c in cmds if c]
+
+
+def docstring_commands(path):
+    """The commands of a stage's docstring: its indented `python ...` / `torchrun ...` lines, comments cut."""
+    import ast
+    doc = ast.get_docstring(ast.parse(open(path).read()))
+    return [re.split(r"\s{2,}#", line.strip())[0].strip() for line in doc.splitlines()
+            if line.startswith("    ") and line.strip().startswith(("python ", "torchrun "))]
+
+
+def all_commands():
+    cmds = [("README", c) for c in readme_commands(open(os.path.join(ROOT, "README.md")).read())]
+    cmds += [(s, c) for s in STAGES for c in docstring_commands(os.path.join(ROOT, s))]
+    seen, out = set(), []
+    for src, c in cmds:   # a command met twice runs once, where it is first met
+        if c not in NOT_RUN and c not in seen:
+            seen.add(c)
+            out.append((src, c))
+    return out
+
+
+COMMANDS = all_commands()
+
+
+def test_the_commands_are_found():
+    """The extraction itself: if it silently found nothing, every other test here would pass vacuously."""
+    readme = [c for src, c in COMMANDS if src == "README"]
+    assert "make run" in readme and len(readme) >= 10
+    assert any(c.startswith("torchrun --nnodes") for c in readme)
+    for s in STAGES:
+        assert docstring_commands(os.path.join(ROOT, s)), f"no command found in {s}'s docstring"
+    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 3") in COMMANDS   # met there first
+    assert readme_commands("```bash\npython a.py \\\n    --x 1   # note\n# only a comment\n```\n`make b` and `ls`") == \
+        ["python a.py --x 1", "make b"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_fake_cifar(folder, n=8):
+    import pickle
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.randint(0, 10, n))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+
+
+def write_fake_imagenet(root, classes=3, per_class=6):
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"n0{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.randint(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(d / f"img{i}.JPEG")
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    """A scratch copy of the repo (its tracked and new files, mtimes kept so that make sees the installed
+    .venv as up to date), with the repo's .venv linked in and the generated data sets."""
+    root = tmp_path_factory.mktemp("user")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if os.path.isfile(os.path.join(ROOT, f)):
+            os.makedirs(root / os.path.dirname(f), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), root / f)
+    os.symlink(os.path.join(ROOT, ".venv"), root / ".venv")
+    write_fake_cifar(root / "data" / "cifar-10-batches-py")
+    write_fake_imagenet(root / "imagenet")
+    return root
+
+
+def shrink(cmd, root):
+    """The substitutions listed in the module docstring."""
+    cmd = cmd.replace("/path/to/imagenet", str(root / "imagenet"))
+    cmd = re.sub(r"--nproc_per_node \d+", "--nproc_per_node 2", cmd)
+    cmd = re.sub(r"--nnodes \d+", "--nnodes 1", cmd)
+    cmd = cmd.replace("$NODE_RANK", "0").replace("$MASTER", "127.0.0.1")
+    return re.sub(r"--master_port \d+", f"--master_port {free_port()}", cmd)
+
+
+@pytest.mark.parametrize("source, command", COMMANDS, ids=[f"{s}: {c[:70]}" for s, c in COMMANDS])
+def test_command_runs_as_written(source, command, user_dir):
+    bin_dir = os.path.dirname(sys.executable)   # the .venv's python, torchrun, ... come first on PATH
+    env = {**os.environ, "SAT_SMOKE": "1", "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(free_port()),
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": os.path.join(ROOT, "tests", "smoke"), "MPLBACKEND": "Agg"}
+    r = subprocess.run(["bash", "-c", shrink(command, user_dir)], cwd=user_dir, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, f"{source}: `{command}` failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
