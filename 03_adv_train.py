@@ -401,7 +401,8 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     step = attack.px(cfg.attack_step) if cfg.attack_step > 0 else attack.default_step(eps, cfg.attack_steps)
     steps = cfg.attack_steps if cfg.attack == "pgd" else 0
     say(f"\n{run_name(cfg)}: {cfg.model} act={cfg.act} smooth_grad={cfg.smooth_grad} attack={cfg.attack}"
-        f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255 on {device}, "
+        f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255"
+        f"{f' {cfg.image_size}px' if cfg.dataset == 'imagenet' else ''} on {device}, "
         f"{world} process(es), {steps_per_epoch} steps/epoch")
 
     def checkpoint(epochs_done, partial=None):
@@ -532,9 +533,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="digits", help=f"one of {', '.join(common.DATASETS)}")
     p.add_argument("--data", default=None, help="folder of cifar10 / imagenet (default: data)")
     p.add_argument("--download", action="store_true", help="cifar10: download into --data if missing")
-    p.add_argument("--model", default=None, help="digitsnet | cifar_resnet18 | torchvision name (resnet50, ...)")
+    p.add_argument("--model", nargs="+", default=None, help="digitsnet | cifar_resnet18 | torchvision names (resnet50 resnet101 ...)")
     p.add_argument("--width", type=int, default=None, help="digitsnet channels (default 16)")
-    p.add_argument("--image-size", type=int, default=None, help="imagenet crop size in pixels (default 224)")
+    p.add_argument("--image-size", type=int, default=None, help="imagenet crop size in pixels (default: the model's usual one, 224 for ResNets)")
     p.add_argument("--act", nargs="+", default=None, help=f"activations to train (default: all); of {', '.join(acts.ACTIVATIONS)}")
     p.add_argument("--smooth-grad", nargs="+", default=None, help=f"relu only: {', '.join(SMOOTH_GRAD_MODES)} (default: all four)")
     p.add_argument("--seeds", type=int, default=1, help="train seeds 0..N-1 of every configuration")
@@ -592,15 +593,20 @@ def configs_from_args(args) -> list:
     if not sweep:
         raise common.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__
-                 and k not in ("act", "smooth_grad", "dataset", "out", "seed")}
+                 and k not in ("act", "smooth_grad", "dataset", "out", "seed", "model")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    models = args.model or [PRESETS[args.dataset]["model"]]
     out_root = common.check_out_dir(args.out) if args.out else OUT_DIR
     cfgs = []
-    for seed in seeds:
-        for a, m in sweep:
-            cfg = preset_config(args.dataset, act=a, smooth_grad=m, seed=seed, **overrides)
-            cfg.out = os.path.join(out_root, run_name(cfg))
-            cfgs.append(cfg)
+    for model in models:
+        size = {}
+        if args.dataset == "imagenet" and args.image_size is None:   # each model at its usual resolution
+            size = {"image_size": common.usual_image_size(common.check_model_name(model, args.dataset))}
+        for seed in seeds:
+            for a, m in sweep:
+                cfg = preset_config(args.dataset, model=model, act=a, smooth_grad=m, seed=seed, **size, **overrides)
+                cfg.out = os.path.join(out_root, run_name(cfg))
+                cfgs.append(cfg)
     return cfgs
 
 

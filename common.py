@@ -274,6 +274,17 @@ def check_model_name(name: str, dataset: str) -> str:
     return name
 
 
+def usual_image_size(name: str, default: int = 224) -> int:
+    """The resolution a torchvision model is usually trained at: the crop size of its pretrained weights'
+    evaluation transform (EfficientNet-B3: 300, B7: 600; ResNets, ViT-B/16: 224), read from torchvision's
+    metadata, which downloads nothing. `default` for a model without pretrained weights."""
+    import torchvision
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return default
+
+
 def torchvision_model(name: str, num_classes: int):
     """Any torchvision classification model by name, untrained (resnet50, resnet101, resnext50_32x4d, ...).
     ResNets get zero-initialised last BN gamma in each block, as in the paper's recipe."""

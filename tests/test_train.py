@@ -205,3 +205,15 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
     with pytest.raises(common.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
         train_mod.train(cfg_digits(train_mod, tmp_path, eps=32.0), quiet=True)
     assert open(path, "rb").read() == before
+
+
+def test_several_models_each_at_its_usual_resolution_in_its_own_folder(train_mod, tmp_path):
+    args = train_mod.parse_args(["--dataset", "imagenet", "--model", "resnet101", "efficientnet_b3", "--act", "silu", "relu",
+                                 "--smooth-grad", "none", "--out", str(tmp_path)])
+    cfgs = train_mod.configs_from_args(args)
+    assert [(c.model, c.act, c.image_size, os.path.basename(c.out)) for c in cfgs] == [
+        ("resnet101", "relu", 224, "imagenet_resnet101_relu_s0"), ("resnet101", "silu", 224, "imagenet_resnet101_silu_s0"),
+        ("efficientnet_b3", "relu", 300, "imagenet_efficientnet_b3_relu_s0"), ("efficientnet_b3", "silu", 300, "imagenet_efficientnet_b3_silu_s0")]
+    sized = train_mod.configs_from_args(train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
+                                                              "--act", "silu", "--image-size", "64"]))
+    assert sized[0].image_size == 64 and os.path.basename(sized[0].out) == "imagenet_efficientnet_b3_silu_s0"
