@@ -144,4 +144,4 @@ def test_bad_arguments_one_clear_line(attack, kw, msg):
 
 def test_cli_rejects_bad_eps():
     r = subprocess.run([sys.executable, "02_pgd.py", "--eps", "-4"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and "--eps must be > 0" in r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be a finite number in (0, 255] (pixel units: 4 means 4/255), got -4.0"
