@@ -155,7 +155,8 @@ def check_act_and_mode(act: str, smooth_grad: str):
 
 # Every numeric setting's accepted range: (lowest, highest[, lowest excluded]). NaN and infinity never pass.
 RANGES = {
-    "width": (1, 4096), "image_size": (16, 4096), "attack_steps": (1, 100_000), "rand_start_prob": (0, 1), "epochs": (1, 100_000), "steps_per_epoch": (0, math.inf),
+    "width": (1, 4096), "image_size": (16, 4096), "attack_steps": (1, 100_000), "rand_start_prob": (0, 1),
+    "epochs": (1, 100_000), "steps_per_epoch": (0, math.inf),
     "batch_size": (1, math.inf), "lr_per_256": (0, math.inf, True), "momentum": (0, 1), "weight_decay": (0, 1),
     "warmup_epochs": (0, 100_000), "label_smoothing": (0, 1), "seed": (0, 2**32 - 1), "workers": (0, 1024),
     "threads": (0, 4096), "check_size": (1, math.inf), "checkpoint_every": (0, math.inf),
@@ -231,6 +232,8 @@ def restart_safe_store(rank):
     torch's default (env://) puts the workers that `torchrun --max-restarts N` starts after a crash where they
     read the dead workers' addresses (seen with torch 2.14 and gloo: 'Connection refused', the job fails)."""
     from datetime import timedelta
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise common.UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: start several processes with torchrun")
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"   # torchrun hosts the store itself
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=rank == 0 and not agent_store,
                           timeout=timedelta(minutes=30))
