@@ -28,8 +28,27 @@ run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
+# make notebooks rebuilds the notebooks from their sources notebooks/NN_name.py (jupytext percent scripts) in three
+# steps, each a library's own command line; `make notebooks NB=5` does it for notebook 5 only.
+#  1. jupytext: each .ipynb takes its cells from its .py; --update keeps its cell ids and the outputs of cells
+#     until step 2 replaces them. (jupytext's own --execute is not used: with --update it keeps the OLD outputs,
+#     and it stores per-cell timestamps.)
+#  2. nbconvert (nbclient inside) runs each full edition top to bottom in notebooks/ and stores its outputs. The
+#     kernel is "python3", which jupyter_client starts with this interpreter ($(PY)): the venv's own kernelspec
+#     (put there by ipykernel) says "python", which jupyter_client replaces by the running interpreter, and
+#     JUPYTER_PREFER_ENV_PATH=1 makes that kernelspec win over a user's own ~/.local one for another Python.
+#     A failing cell stops make; that notebook then holds the new cells with the old outputs: fix it, run again.
+#  3. nbconvert writes the student editions to notebooks/student/: the full edition without the cells tagged
+#     "solution" (TagRemovePreprocessor) and without outputs (ClearOutputPreprocessor), to be run by the student.
+NB ?=
+NOTEBOOK_SRC = $(wildcard notebooks/0$(NB)*_*.py)
 notebooks: $(VENV)/.installed-test
-	$(PY) notebooks/build_notebooks.py
+	@test -n "$(NOTEBOOK_SRC)" || { echo "no notebook matches NB=$(NB) (notebooks/0$(NB)*_*.py); use e.g. NB=5"; exit 1; }
+	$(PY) -m jupytext --to ipynb --update $(NOTEBOOK_SRC)
+	JUPYTER_PREFER_ENV_PATH=1 $(PY) -m nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.record_timing=False $(NOTEBOOK_SRC:.py=.ipynb)
+	$(PY) -m nbconvert --to notebook --output-dir notebooks/student --ClearOutputPreprocessor.enabled=True \
+	    --TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_cell_tags=solution $(NOTEBOOK_SRC:.py=.ipynb)
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench_pgd.py

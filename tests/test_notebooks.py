@@ -1,76 +1,147 @@
-"""The notebooks: each stored notebooks/*.ipynb runs top to bottom without an error, and matches its cell sources.
+"""The notebooks: each source notebooks/NN_name.py agrees with its two committed editions, and both editions run
+top to bottom.
+
+The source is a jupytext percent script; `make notebooks` writes from it the full edition notebooks/NN_name.ipynb
+(executed, stored with outputs) and the student edition notebooks/student/NN_name.ipynb (the full edition without
+the cells tagged "solution", outputs cleared). The tests check that the committed editions are what `make
+notebooks` makes of the committed sources (cells compared, not outputs), that the solution cells are exactly the
+"## Solutions" section, and that none of them reaches a student edition.
 
 Quick mode (SAT_NOTEBOOK_QUICK=1) shrinks every computation in the notebooks (fewer epochs, images, attack
-steps). Each notebook is read from notebooks/ and executed in memory by nbclient, from a temporary working
-directory, and never written back; what the notebooks train goes to a temporary SAT_RUNS_DIR shared by the five
-(so notebooks 2-4 reuse the ReLU model notebook 1 trained), never into the repo's runs/. The stage outputs they
-would reuse are looked for in an empty folder (SAT_STAGE_RUNS), so the test runs the "nothing there yet" path
-whatever runs/ holds. About 2-3 min for the five on 2 CPU cores.
+steps). Each edition is read from disk and executed in memory by nbclient, from a temporary working directory, and
+never written back; what the notebooks train goes to a temporary SAT_RUNS_DIR shared by all of them (so notebooks
+2-4 reuse the ReLU model notebook 1 trained, and the student editions, run after the full ones, reuse everything),
+never into the repo's runs/. The stage outputs they would reuse are looked for in an empty folder
+(SAT_STAGE_RUNS), so the test runs the "nothing there yet" path whatever runs/ holds. About 2 min on 2 CPU cores
+(measured 108 s: the five full editions 56 s, the five student editions 48 s).
 """
 import glob
-import importlib.util
+import json
 import os
+import sys
 
 import pytest
 
 from conftest import ROOT
 
 nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
+nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+preprocessors = pytest.importorskip("nbconvert.preprocessors")
 
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
+STUDENT_DIR = os.path.join(NOTEBOOK_DIR, "student")
+# the sources, found as the Makefile finds them (notebooks/0*_*.py): nbsetup.py is plumbing, not a notebook
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(NOTEBOOK_DIR, "0*_*.py")))
+SOLUTION = "solution"   # the tag of the answer cells; the Makefile passes it to TagRemovePreprocessor
+SOLUTIONS_HEADING = "## Solutions"
 
 
-def load_builder():
-    spec = importlib.util.spec_from_file_location("build_notebooks", os.path.join(NOTEBOOK_DIR, "build_notebooks.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def source(name):
+    return jupytext.read(os.path.join(NOTEBOOK_DIR, name + ".py"))
+
+
+def full_path(name):
+    return os.path.join(NOTEBOOK_DIR, name + ".ipynb")
+
+
+def student_path(name):
+    return os.path.join(STUDENT_DIR, name + ".ipynb")
+
+
+def cells(nb):
+    """What an edition has to share with its source: each cell's type, text and tags (not its outputs or id)."""
+    return [(c.cell_type, c.source, list(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def is_solution(cell):
+    return SOLUTION in cell.metadata.get("tags", [])
+
+
+def execute(nb, cwd):
+    """Run every cell as `make notebooks` does (kernel "python3", working directory `cwd`); raises
+    CellExecutionError on the first failing cell. The kernel inherits this process's environment."""
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                            record_timing=False).execute()
 
 
 @pytest.fixture(scope="module")
 def quick_env(tmp_path_factory):
-    """Quick mode, a temporary runs folder, the repo root named for notebooks run from elsewhere; the kernel
-    inherits these. Every variable is restored afterwards (JUPYTER_PATH too, which the builder extends)."""
+    """Quick mode, a temporary runs folder, the repo root named for notebooks run from elsewhere, and the kernel
+    lookup `make notebooks` uses (JUPYTER_PREFER_ENV_PATH=1); the kernel inherits these. Restored afterwards."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SAT_NOTEBOOK_QUICK", "1")
     mp.setenv("SAT_RUNS_DIR", str(tmp_path_factory.mktemp("notebook_runs")))
     mp.setenv("SAT_STAGE_RUNS", str(tmp_path_factory.mktemp("no_stage_outputs")))   # as on a fresh clone
     mp.setenv("SAT_REPO_ROOT", ROOT)
-    for name in ("JUPYTER_PATH", "_SAT_KERNEL_DIR"):
-        if name in os.environ:
-            mp.setenv(name, os.environ[name])
-        else:
-            mp.delenv(name, raising=False)
+    mp.setenv("JUPYTER_PREFER_ENV_PATH", "1")
     yield
     mp.undo()
 
 
-def test_every_listed_notebook_is_stored():
-    builder = load_builder()
-    stored = sorted(os.path.basename(p) for p in NOTEBOOKS)
-    assert stored == sorted(f for f, _ in builder.NOTEBOOKS), "run: python notebooks/build_notebooks.py"
+def test_every_source_has_both_editions():
+    assert NAMES, "no notebook sources notebooks/0*_*.py"
+    expected = [n + ".ipynb" for n in NAMES]
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb"))) == expected
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(STUDENT_DIR, "*.ipynb"))) == expected, \
+        "run: make notebooks"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_stored_notebook_matches_its_cells(path):
-    """The .ipynb is generated: its cells must be the ones in notebooks/cells_*.py (else: rebuild it)."""
-    builder = load_builder()
-    module = dict(builder.NOTEBOOKS)[os.path.basename(path)]
-    expected = [(c.cell_type, c.source) for c in builder.build(module).cells]
-    stored = [(c.cell_type, c.source) for c in nbformat.read(path, as_version=4).cells]
-    assert stored == expected, f"{os.path.basename(path)} is stale: run python notebooks/build_notebooks.py"
+@pytest.mark.parametrize("name", NAMES)
+def test_full_edition_matches_its_source(name):
+    stored = nbformat.read(full_path(name), as_version=4)
+    assert cells(stored) == cells(source(name)), (
+        f"notebooks/{name}.ipynb and its source notebooks/{name}.py differ: after editing the .py run "
+        f"`make notebooks NB={int(name[:2])}`; after editing the .ipynb run `jupytext --sync notebooks/{name}.ipynb`")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_cells_are_the_solutions_section(name):
+    """Tagged: the cell that opens with '## Solutions' and every cell after it (the section ends each notebook);
+    untagged: everything before it, the exercises included."""
+    nb = source(name)
+    starts = [i for i, c in enumerate(nb.cells) if c.source.startswith(SOLUTIONS_HEADING)]
+    assert len(starts) == 1, f"{name}: expected one cell opening with {SOLUTIONS_HEADING!r}, found {len(starts)}"
+    assert [is_solution(c) for c in nb.cells] == [i >= starts[0] for i in range(len(nb.cells))]
+    assert any("## Exercises" in c.source for c in nb.cells[:starts[0]]), f"{name}: no exercises before the solutions"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_edition_is_the_full_edition_without_solutions(name):
+    full = nbformat.read(full_path(name), as_version=4)
+    answers = {c.source for c in full.cells if is_solution(c)}
+    expected, _ = preprocessors.TagRemovePreprocessor(remove_cell_tags={SOLUTION}).preprocess(full, {})
+    student = nbformat.read(student_path(name), as_version=4)
+    assert cells(student) == cells(expected), "run: make notebooks"
+    assert not any(is_solution(c) or SOLUTIONS_HEADING in c.source or c.source in answers for c in student.cells)
+    # stored without outputs, so none of the results an exercise asks for is shown before the student runs it
+    assert all(not c.outputs and c.execution_count is None for c in student.cells if c.cell_type == "code")
+
+
+def test_kernel_is_this_interpreter(quick_env, tmp_path, monkeypatch):
+    """Kernel "python3" starts with the interpreter running this process (the venv's, with its torch), even when
+    the user's own Jupyter folder names another Python for "python3", as a global `ipykernel install --user` does."""
+    user_dir = tmp_path / "user_jupyter"
+    (user_dir / "kernels" / "python3").mkdir(parents=True)
+    (user_dir / "kernels" / "python3" / "kernel.json").write_text(json.dumps(
+        {"argv": ["/nonexistent/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "another Python", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(user_dir))   # the user-level folder, ~/.local/share/jupyter
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.executable)")])
+    execute(nb, tmp_path)
+    assert nb.cells[0].outputs[0].text.strip() == sys.executable
+
+
+EDITIONS = [full_path(n) for n in NAMES] + [student_path(n) for n in NAMES]   # full ones first: they train
+
+
+@pytest.mark.parametrize("path", EDITIONS, ids=lambda p: os.path.relpath(p, NOTEBOOK_DIR))
 def test_notebook_runs_top_to_bottom(path, quick_env, tmp_path):
-    builder = load_builder()
     with open(path, "rb") as f:
         before = f.read()
     nb = nbformat.read(path, as_version=4)
-    builder.execute(nb, cwd=str(tmp_path), timeout=600)   # raises CellExecutionError on the first failing cell
+    execute(nb, tmp_path)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     with open(path, "rb") as f:

@@ -1,29 +1,49 @@
-"""Cells of notebook 3: smooth adversarial training results, the paper's and this repo's."""
-from cells_common import SETUP, code, md
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-CELLS = [
-md(r"""
-# 3. Smooth adversarial training: the paper's results and this repo's
+# %% [markdown]
+# # 3. Smooth adversarial training: the paper's results and this repo's
+#
+# Smooth adversarial training (SAT) is Eq. 1 unchanged,
+#
+# $$\min_\theta \; \mathbb{E}_{(x, y)} \Big[ \max_{\|\delta\|_\infty \le \epsilon} L(\theta, x + \delta, y) \Big],$$
+#
+# with the network's ReLUs replaced by a smooth activation $f$ (SiLU $x\,\sigma(x)$, GELU $x\,\Phi(x)$, ELU,
+# Softplus, ...). The paper reports two experiments on ImageNet with ResNet-50 (ε = 4/255, trained with PGD-1,
+# evaluated with PGD-200):
+#
+# * **Table 1**: keep ReLU in the forward pass and use the smooth derivative $\sigma(10x)$ only in the backward
+#   pass, for the attacker, for the optimizer, or for both;
+# * **Figure 3**: smooth activations in both passes.
+#
+# This notebook puts those numbers beside this repo's digits results: stage 04's table
+# (`runs/04_eval/per_run.csv`) when it exists, otherwise a small version computed here (ReLU, SiLU and ReLU with
+# the smooth backward for both, one seed, 200 test images, fewer attack iterations), and then says, with
+# numbers computed from whatever was measured, where the two agree.
 
-Smooth adversarial training (SAT) is Eq. 1 unchanged,
+# %%
+import os, sys
+# The repo root holds 01_activations.py: it is the parent of notebooks/ (this notebook's working directory).
+# The tests run the notebooks from a temporary folder and name the root in $SAT_REPO_ROOT.
+ROOT = os.environ.get("SAT_REPO_ROOT") or next(
+    (d for d in (os.path.dirname(os.getcwd()), os.getcwd()) if os.path.isfile(os.path.join(d, "01_activations.py"))), None)
+assert ROOT, "start this notebook from the repo's notebooks/ folder, or set SAT_REPO_ROOT to the repo root"
+sys.path[:0] = [ROOT, os.path.join(ROOT, "notebooks")]
+import nbsetup as nb   # paths, quick mode, table/figure helpers: notebooks/nbsetup.py
+print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OUT, ROOT)}/")
 
-$$\min_\theta \; \mathbb{E}_{(x, y)} \Big[ \max_{\|\delta\|_\infty \le \epsilon} L(\theta, x + \delta, y) \Big],$$
-
-with the network's ReLUs replaced by a smooth activation $f$ (SiLU $x\,\sigma(x)$, GELU $x\,\Phi(x)$, ELU,
-Softplus, ...). The paper reports two experiments on ImageNet with ResNet-50 (ε = 4/255, trained with PGD-1,
-evaluated with PGD-200):
-
-* **Table 1**: keep ReLU in the forward pass and use the smooth derivative $\sigma(10x)$ only in the backward
-  pass, for the attacker, for the optimizer, or for both;
-* **Figure 3**: smooth activations in both passes.
-
-This notebook puts those numbers beside this repo's digits results: stage 04's table
-(`runs/04_eval/per_run.csv`) when it exists, otherwise a small version computed here (ReLU, SiLU and ReLU with
-the smooth backward for both, one seed, 200 test images, fewer attack iterations), and then says, with
-numbers computed from whatever was measured, where the two agree.
-"""),
-SETUP,
-code(r"""
+# %%
 import csv
 import math
 import torch
@@ -31,15 +51,15 @@ import matplotlib.pyplot as plt
 ev = nb.stage("04_eval")      # evaluate_model, aggregate, masking_flags, PAPER_TABLE1, PAPER_FIGURE3, tolerances
 attack = nb.stage("02_pgd")
 EPS = attack.px(attack.EPS_PX["digits"])
-"""),
-md(r"""
-## The paper's numbers (ImageNet, ResNet-50)
 
-From `04_eval.PAPER_TABLE1` and `04_eval.PAPER_FIGURE3` (copied from `../shared/PAPER.md`). Table 1's rows 3-4
-are as recalled from the paper and the Figure 3 values are read off the figure: check the arXiv PDF before
-citing them.
-"""),
-code(r"""
+# %% [markdown]
+# ## The paper's numbers (ImageNet, ResNet-50)
+#
+# From `04_eval.PAPER_TABLE1` and `04_eval.PAPER_FIGURE3` (copied from `../shared/PAPER.md`). Table 1's rows 3-4
+# are as recalled from the paper and the Figure 3 values are read off the figure: check the arXiv PDF before
+# citing them.
+
+# %%
 base_clean, base_rob = ev.PAPER_TABLE1["none"]
 nb.table(["smooth backward for", "clean %", "PGD-200 %", "robust gain vs ReLU"],
          [[mode, c, r, f"{r - base_rob:+.1f}"] for mode, (c, r) in ev.PAPER_TABLE1.items()])
@@ -54,15 +74,15 @@ for mode, (c, r) in ev.PAPER_TABLE1.items():
 ax.set(xlabel="clean accuracy %", ylabel="PGD-200 robust accuracy %", title="paper: ImageNet ResNet-50 (Table 1, Figure 3)")
 ax.grid(alpha=0.3)
 nb.show(fig)
-"""),
-md(r"""
-## This repo's numbers (digits)
 
-Every digits model is trained with stage 03's preset (PGD-1, ε = 64/255, 30 epochs) and evaluated with stage
-04's `evaluate_model`: clean, FGSM, PGD-1/10/50/200, APGD-CE, APGD-DLR and Square, and the **worst case**, the
-per-example minimum over all of them (an image counts as robust only if every attack failed on it).
-"""),
-code(r"""
+# %% [markdown]
+# ## This repo's numbers (digits)
+#
+# Every digits model is trained with stage 03's preset (PGD-1, ε = 64/255, 30 epochs) and evaluated with stage
+# 04's `evaluate_model`: clean, FGSM, PGD-1/10/50/200, APGD-CE, APGD-DLR and Square, and the **worst case**, the
+# per-example minimum over all of them (an image counts as robust only if every attack failed on it).
+
+# %%
 NUMERIC = ["clean", "fgsm", "pgd1", "pgd10", "pgd50", "pgd200", "apgd_ce", "apgd_dlr", "square", "worst", "eps_px"]
 
 def from_per_run(path):
@@ -93,8 +113,8 @@ else:
         print(f"  {act:<5} smooth grad {sg:<5} clean {100 * r['clean']:.1f}%  PGD-200 {100 * r['pgd200']:.1f}%  worst {100 * r['worst']:.1f}%")
 rows = ev.aggregate(results)    # stage 04's grouping: mean and std over seeds per configuration
 print(f"source: {source}")
-"""),
-code(r"""
+
+# %%
 cols = [("clean", "clean %"), ("pgd200", "PGD-200 %"), ("worst", "worst case %"), ("apgd_ce", "APGD-CE %"),
         ("apgd_dlr", "APGD-DLR %"), ("square", "Square %")]
 nb.table(["configuration", "seeds", "test images"] + [h for _, h in cols] + ["paper clean %", "paper PGD-200 %", "masking flags"],
@@ -105,8 +125,8 @@ for name, p in results[0].get("params", {}).items():
     print(f"  {name:<9} {p}")
 if "params" not in results[0]:
     print("  see the attack_parameters column of", source)
-"""),
-code(r"""
+
+# %%
 fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
 for r in rows:
     label = r["act"] + (f", sg-{r['smooth_grad']}" if r["smooth_grad"] != "none" else "")
@@ -123,17 +143,17 @@ ax_p.set(xlabel="clean accuracy %", ylabel="PGD-200 robust accuracy %", title="p
 for ax in (ax_o, ax_p):
     ax.grid(alpha=0.3); ax.legend(fontsize=7)
 nb.show(fig)
-"""),
-md(r"""
-## Where they agree and where they do not
 
-The comparison is computed, not written by hand: for every configuration, its change against ReLU (same
-stage, same attacks) beside the paper's change against ReLU. A change counts as *beyond noise* if it is larger
-than twice its standard error, estimated from the binomial error of each accuracy on the test images
-($\sqrt{p(1-p)/n}$) and, when there are several seeds, from the spread over seeds. That band is conservative:
-it treats the two accuracies as independent although they are measured on the same images.
-"""),
-code(r"""
+# %% [markdown]
+# ## Where they agree and where they do not
+#
+# The comparison is computed, not written by hand: for every configuration, its change against ReLU (same
+# stage, same attacks) beside the paper's change against ReLU. A change counts as *beyond noise* if it is larger
+# than twice its standard error, estimated from the binomial error of each accuracy on the test images
+# ($\sqrt{p(1-p)/n}$) and, when there are several seeds, from the spread over seeds. That band is conservative:
+# it treats the two accuracies as independent although they are measured on the same images.
+
+# %%
 by_config = {(r["act"], r["smooth_grad"]): r for r in rows}
 base = by_config.get(("relu", "none"))
 paper_base = ev.paper_numbers("relu", "none")
@@ -180,31 +200,31 @@ if comparison:
             print(f"    {name:<38} {d:+5.1f} points (noise ±{2 * se:.1f}): {v}")
 else:
     print("no ReLU baseline among the results: nothing to compare")
-"""),
-md(r"""
-**How to read this.** The paper's effect was measured on ImageNet with a 25M-parameter ResNet-50 at ε = 4/255
-over 100 epochs. This repo's digits setting has a ~20k-parameter network, 8×8 images, ε = 64/255, 30 epochs, one
-seed unless stage 04 was run with several, and at most 500 test images, so every number above carries a noise
-band of several points. The printed sentences say which differences clear that band; the rest of this
-paragraph only says how to weigh them.
 
-* A difference within noise is not a finding in either direction; more seeds (`python 03_adv_train.py --seeds 3`)
-  and the full test set narrow the band.
-* Agreement in direction under PGD-200 is weaker evidence than agreement under the worst case: the next section
-  shows that PGD-200 can overstate robustness, and by different amounts for different activations.
-* Later work (Gowal et al. 2020; Pang et al. 2021) found the activation's effect on CIFAR-10 to be small, so at
-  the scale of this repo a small, absent or reversed effect is as plausible as the paper's; the table above is
-  the measurement, and it is what should be quoted.
+# %% [markdown]
+# **How to read this.** The paper's effect was measured on ImageNet with a 25M-parameter ResNet-50 at ε = 4/255
+# over 100 epochs. This repo's digits setting has a ~20k-parameter network, 8×8 images, ε = 64/255, 30 epochs, one
+# seed unless stage 04 was run with several, and at most 500 test images, so every number above carries a noise
+# band of several points. The printed sentences say which differences clear that band; the rest of this
+# paragraph only says how to weigh them.
+#
+# * A difference within noise is not a finding in either direction; more seeds (`python 03_adv_train.py --seeds 3`)
+#   and the full test set narrow the band.
+# * Agreement in direction under PGD-200 is weaker evidence than agreement under the worst case: the next section
+#   shows that PGD-200 can overstate robustness, and by different amounts for different activations.
+# * Later work (Gowal et al. 2020; Pang et al. 2021) found the activation's effect on CIFAR-10 to be small, so at
+#   the scale of this repo a small, absent or reversed effect is as plausible as the paper's; the table above is
+#   the measurement, and it is what should be quoted.
+#
+# ## Gradient masking in the ReLU model
+#
+# Stage 04 raises an *independent* flag when APGD or Square finds more adversarial examples than our PGD-200 by
+# more than its tolerance. On digits at ε = 64/255 the ReLU model trained with PGD-1 tends to show exactly
+# that: its own gradient leads PGD astray, and the gradient-free Square attack or APGD's different step-size rule
+# and loss find examples PGD-200 misses. The cell below prints, for every configuration, the gap between PGD-200
+# and the best independent attack, and the flags.
 
-## Gradient masking in the ReLU model
-
-Stage 04 raises an *independent* flag when APGD or Square finds more adversarial examples than our PGD-200 by
-more than its tolerance. On digits at ε = 64/255 the ReLU model trained with PGD-1 tends to show exactly
-that: its own gradient leads PGD astray, and the gradient-free Square attack or APGD's different step-size rule
-and loss find examples PGD-200 misses. The cell below prints, for every configuration, the gap between PGD-200
-and the best independent attack, and the flags.
-"""),
-code(r"""
+# %%
 print(f"stage 04's tolerance for the independent check: {100 * ev.TOL_INDEP:g} points")
 masking = []
 for r in rows:
@@ -221,27 +241,28 @@ if relu_row:
           f"the check says {relu_row[5]}")
     flags = base["flags"] or "none"
     print(f"stage 04's flags for it: {flags}")
-"""),
-md(r"""
-When a configuration is flagged, its PGD-200 number is an overestimate and only its worst-case number can be
-compared with other configurations; if ReLU is flagged and a smooth activation is not, a comparison by PGD-200
-is tilted in ReLU's favour. The paper evaluated with PGD-200 only, which is one more reason to compare this
-repo's worst-case column, not its PGD-200 column, with the paper's direction.
 
-## Exercises
+# %% [markdown]
+# When a configuration is flagged, its PGD-200 number is an overestimate and only its worst-case number can be
+# compared with other configurations; if ReLU is flagged and a smooth activation is not, a comparison by PGD-200
+# is tilted in ReLU's favour. The paper evaluated with PGD-200 only, which is one more reason to compare this
+# repo's worst-case column, not its PGD-200 column, with the paper's direction.
+#
+# ## Exercises
+#
+# 1. **How much of each number is masking?** For every configuration compute PGD-200 minus worst case, and rank
+#    the configurations by it. Does the ranking by worst case differ from the ranking by PGD-200?
+# 2. **Separating the two halves of Table 1.** `relu, sg-both` gives the smooth backward to the attacker and to the
+#    optimizer. Write the two `preset_config` calls of stage 03 that separate them, and say which of the paper's
+#    Table 1 rows each reproduces. (If stage 04's results include them, print their numbers.)
+# 3. **Is the worst case converged?** Attack the ReLU model again with a stronger Square attack (three times the
+#    queries) on the first 100 test images and compare it with the Square number at the default budget on the
+#    same images. What would it mean if the stronger attack found many more adversarial examples?
 
-1. **How much of each number is masking?** For every configuration compute PGD-200 minus worst case, and rank
-   the configurations by it. Does the ranking by worst case differ from the ranking by PGD-200?
-2. **Separating the two halves of Table 1.** `relu, sg-both` gives the smooth backward to the attacker and to the
-   optimizer. Write the two `preset_config` calls of stage 03 that separate them, and say which of the paper's
-   Table 1 rows each reproduces. (If stage 04's results include them, print their numbers.)
-3. **Is the worst case converged?** Attack the ReLU model again with a stronger Square attack (three times the
-   queries) on the first 100 test images and compare it with the Square number at the default budget on the
-   same images. What would it mean if the stronger attack found many more adversarial examples?
+# %% [markdown] tags=["solution"]
+# ## Solutions
 
-## Solutions
-"""),
-code(r"""
+# %% tags=["solution"]
 # 1. PGD-200 minus worst case, and the two rankings
 share = sorted(((100 * (r["pgd200"][0] - r["worst"][0]), r["configuration"]) for r in rows), reverse=True)
 for gap, name in share:
@@ -251,8 +272,8 @@ rank_worst = [r["configuration"] for r in sorted(rows, key=lambda r: -r["worst"]
 print("ranking by PGD-200:   ", " > ".join(rank_pgd))
 print("ranking by worst case:", " > ".join(rank_worst))
 print("same ranking" if rank_pgd == rank_worst else "the rankings differ")
-"""),
-code(r"""
+
+# %% tags=["solution"]
 # 2. the attacker and optimizer rows of Table 1 (printed, not trained here)
 train_mod = nb.stage("03_adv_train")
 for mode, row in [("attacker", "yes / no  (68.3 / 34.5)"), ("optimizer", "no / yes  (69.4 / 35.8)")]:
@@ -262,8 +283,8 @@ for mode, row in [("attacker", "yes / no  (68.3 / 34.5)"), ("optimizer", "no / y
     r = by_config.get(("relu", mode))
     if r:
         print(f"    this repo: clean {ev.fmt(*r['clean'])}%, PGD-200 {ev.fmt(*r['pgd200'])}%, worst {ev.fmt(*r['worst'])}%")
-"""),
-code(r"""
+
+# %% tags=["solution"]
 # 3. Square with 3x the queries on 100 images of the ReLU model
 import torchattacks
 relu_model, _, _ = nb.adv_model("relu")
@@ -274,10 +295,8 @@ for queries in (q, 3 * q):
     with torch.no_grad():
         acc = (relu_model(atk(x100, y100)).argmax(1) == y100).float().mean().item()
     print(f"Square, {queries:>5} queries: {100 * acc:.1f}% robust on {len(y100)} images")
-"""),
-md(r"""
-If three times the queries find many more adversarial examples, the default budget had not converged and
-every worst-case number above is an upper bound that may still fall; stage 04 takes 1000 queries by default
-(AutoAttack uses 5000) and `04_eval.py --square-queries` raises it.
-"""),
-]
+
+# %% [markdown] tags=["solution"]
+# If three times the queries find many more adversarial examples, the default budget had not converged and
+# every worst-case number above is an upper bound that may still fall; stage 04 takes 1000 queries by default
+# (AutoAttack uses 5000) and `04_eval.py --square-queries` raises it.

@@ -1,39 +1,59 @@
-"""Cells of notebook 5: scaling, the paper's results and a small width experiment."""
-from cells_common import SETUP, code, md
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-CELLS = [
-md(r"""
-# 5. Scaling: bigger networks and SAT
+# %% [markdown]
+# # 5. Scaling: bigger networks and SAT
+#
+# Section 5 of the paper: SAT keeps helping as the network grows. Deeper and wider ResNets and ResNeXts trained
+# with SAT (SiLU, same recipe: Eq. 1 with PGD-1 at ε = 4/255) improve both clean and robust accuracy, and an
+# EfficientNet-L1 trained with SAT reached 82.2% clean and 58.6% robust accuracy on ImageNet, +9.5 / +11.6 points
+# over the previous state of the art.
+#
+# This notebook tabulates and plots those numbers, then runs a small CPU version of the question on digits: does
+# robust accuracy grow with the width of the digits network, and does the gap between SiLU and ReLU grow or
+# shrink with it? The digits network with width $w$ has about $74\,w^2$ weights (its convolutions have $w$ and $2w$
+# channels), so widths 4 to 32 span a factor of ~60 in parameters, from ~1.4k to ~77k.
 
-Section 5 of the paper: SAT keeps helping as the network grows. Deeper and wider ResNets and ResNeXts trained
-with SAT (SiLU, same recipe: Eq. 1 with PGD-1 at ε = 4/255) improve both clean and robust accuracy, and an
-EfficientNet-L1 trained with SAT reached 82.2% clean and 58.6% robust accuracy on ImageNet, +9.5 / +11.6 points
-over the previous state of the art.
+# %%
+import os, sys
+# The repo root holds 01_activations.py: it is the parent of notebooks/ (this notebook's working directory).
+# The tests run the notebooks from a temporary folder and name the root in $SAT_REPO_ROOT.
+ROOT = os.environ.get("SAT_REPO_ROOT") or next(
+    (d for d in (os.path.dirname(os.getcwd()), os.getcwd()) if os.path.isfile(os.path.join(d, "01_activations.py"))), None)
+assert ROOT, "start this notebook from the repo's notebooks/ folder, or set SAT_REPO_ROOT to the repo root"
+sys.path[:0] = [ROOT, os.path.join(ROOT, "notebooks")]
+import nbsetup as nb   # paths, quick mode, table/figure helpers: notebooks/nbsetup.py
+print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OUT, ROOT)}/")
 
-This notebook tabulates and plots those numbers, then runs a small CPU version of the question on digits: does
-robust accuracy grow with the width of the digits network, and does the gap between SiLU and ReLU grow or
-shrink with it? The digits network with width $w$ has about $74\,w^2$ weights (its convolutions have $w$ and $2w$
-channels), so widths 4 to 32 span a factor of ~60 in parameters, from ~1.4k to ~77k.
-"""),
-SETUP,
-code(r"""
+# %%
 import torch
 import torchattacks
 import matplotlib.pyplot as plt
 import common
 attack = nb.stage("02_pgd")   # pgd_eval, default_step, px, EPS_PX
 EPS = attack.px(attack.EPS_PX["digits"])
-"""),
-md(r"""
-## The paper's scaling results (ImageNet)
 
-From `../shared/PAPER.md`. Two attacks appear: the paper's Figure 3 number for ResNet-50 is PGD-200; the
-released checkpoints were evaluated by the official code with PGD-50 (ε = 4/255, step 1/255), which is the
-column to compare across architectures. ResNet-50 SiLU has both (42.3 with PGD-200 in the figure, 41.9 with
-PGD-50 from the release). Parameter counts are computed from torchvision's untrained models where torchvision
-has the architecture.
-"""),
-code(r"""
+# %% [markdown]
+# ## The paper's scaling results (ImageNet)
+#
+# From `../shared/PAPER.md`. Two attacks appear: the paper's Figure 3 number for ResNet-50 is PGD-200; the
+# released checkpoints were evaluated by the official code with PGD-50 (ε = 4/255, step 1/255), which is the
+# column to compare across architectures. ResNet-50 SiLU has both (42.3 with PGD-200 in the figure, 41.9 with
+# PGD-50 from the release). Parameter counts are computed from torchvision's untrained models where torchvision
+# has the architecture.
+
+# %%
 PAPER_SCALING = [   # (model, torchvision name or None, input px, clean %, robust %, attack)
     ("ResNet-50, ReLU (baseline)", "resnet50", 224, 68.8, 33.0, "PGD-200"),
     ("ResNet-50, SiLU", "resnet50", 224, 69.7, 42.3, "PGD-200"),
@@ -61,18 +81,18 @@ for name, tv, px, c, r, a in PAPER_SCALING:
 ax.set(xlabel="clean accuracy %", ylabel="robust accuracy %", xlim=(58, 92), title="paper: SAT on larger ImageNet models")
 ax.grid(alpha=0.3)
 nb.show(fig)
-"""),
-md(r"""
-## A small version on CPU: the width of the digits network
 
-Stage 03's digits preset (PGD-1 at 64/255) with `width` = 4, 8, 16, 32, for ReLU and SiLU, seed 0, and a short
-schedule (8 epochs instead of 30) so that the eight runs fit in about a minute. Each model is evaluated on 200
-test images with PGD-50 (stage 02's step rule, random start), APGD-CE and APGD-DLR (25 steps); the **worst
-case** over the three is the robust number. That is lighter than stage 04's full evaluation (no Square, fewer
-APGD steps), so it is a looser upper bound than stage 04's, and the short schedule leaves the narrow networks
-undertrained: read the numbers as a trend check, not as the networks' capability.
-"""),
-code(r"""
+# %% [markdown]
+# ## A small version on CPU: the width of the digits network
+#
+# Stage 03's digits preset (PGD-1 at 64/255) with `width` = 4, 8, 16, 32, for ReLU and SiLU, seed 0, and a short
+# schedule (8 epochs instead of 30) so that the eight runs fit in about a minute. Each model is evaluated on 200
+# test images with PGD-50 (stage 02's step rule, random start), APGD-CE and APGD-DLR (25 steps); the **worst
+# case** over the three is the robust number. That is lighter than stage 04's full evaluation (no Square, fewer
+# APGD steps), so it is a looser upper bound than stage 04's, and the short schedule leaves the narrow networks
+# undertrained: read the numbers as a trend check, not as the networks' capability.
+
+# %%
 WIDTHS, ACTS, E, SEED = nb.size([4, 8, 16, 32], [4, 16]), ["relu", "silu"], nb.size(8, 3), 0
 x, y = nb.test_set(nb.size(200, 100))
 APGD_STEPS = nb.size(25, 10)
@@ -101,8 +121,8 @@ for act in ACTS:
         width_runs[(act, w)] = [n_params, secs] + evaluate(model)
 nb.table(["act", "width", "params", "train s", "clean %", "PGD-50 %", "APGD-CE %", "APGD-DLR %", "worst case %"],
          [[a, w, n, f"{s:.0f}"] + [100 * v for v in vals] for (a, w), (n, s, *vals) in width_runs.items()])
-"""),
-code(r"""
+
+# %%
 fig, (ax_c, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
 for act in ACTS:
     n = [width_runs[(act, w)][0] for w in WIDTHS]
@@ -116,15 +136,15 @@ for ax, t in ((ax_c, "clean accuracy %"), (ax_r, "robust accuracy % (eps 64/255)
     ax.minorticks_off()
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
 nb.show(fig)
-"""),
-md(r"""
-## What the small experiment says
 
-Computed from the table, so it holds whatever the runs produced. With one seed and 200 test images the noise
-on each number is several points (binomial standard error $\sqrt{p(1-p)/n}$ ≈ 3.5 points at p = 0.5, n = 200),
-so the summary names a change as a trend only when it is larger than that.
-"""),
-code(r"""
+# %% [markdown]
+# ## What the small experiment says
+#
+# Computed from the table, so it holds whatever the runs produced. With one seed and 200 test images the noise
+# on each number is several points (binomial standard error $\sqrt{p(1-p)/n}$ ≈ 3.5 points at p = 0.5, n = 200),
+# so the summary names a change as a trend only when it is larger than that.
+
+# %%
 WORST = 6   # index of the worst case in width_runs' lists
 se = 100 * (0.25 / len(y)) ** 0.5   # binomial standard error at p = 0.5, in points
 for act in ACTS:
@@ -140,27 +160,28 @@ band = 2 * 2 ** 0.5 * se   # two standard errors of a difference of two accuraci
 pos, beyond = sum(g > 0 for g in gaps), sum(g > band for g in gaps)
 print(f"SiLU is ahead at {pos} of {len(gaps)} widths, by more than the noise (about +-{band:.0f} points on a difference) "
       f"at {beyond}; the gap changes by {gaps[-1] - gaps[0]:+.1f} points from the smallest to the largest width")
-"""),
-md(r"""
-**How to read this.** The paper's scaling claim concerns ImageNet models with 25M to several hundred million
-parameters trained for 100 epochs; here the largest network has ~77k parameters, trains for a few seconds on
-8×8 images, and one seed is drawn. A rise of robust accuracy with width on digits would be consistent with the
-paper's Section 5 without confirming it, and an absent or reversed trend would not contradict it: at this size
-the result is dominated by the short schedule and by seed-to-seed noise, which the first exercise measures.
-The numbers above, not this paragraph, are the finding.
 
-## Exercises
+# %% [markdown]
+# **How to read this.** The paper's scaling claim concerns ImageNet models with 25M to several hundred million
+# parameters trained for 100 epochs; here the largest network has ~77k parameters, trains for a few seconds on
+# 8×8 images, and one seed is drawn. A rise of robust accuracy with width on digits would be consistent with the
+# paper's Section 5 without confirming it, and an absent or reversed trend would not contradict it: at this size
+# the result is dominated by the short schedule and by seed-to-seed noise, which the first exercise measures.
+# The numbers above, not this paragraph, are the finding.
+#
+# ## Exercises
+#
+# 1. **A second seed.** Train seed 1 for width 16 and both activations with the same schedule, and compare the worst-case numbers with seed 0. How large is the seed-to-seed difference next to the effects in
+#    the table?
+# 2. **Robustness per clean point.** For the released SiLU models (PGD-50 column), fit a line of robust accuracy
+#    against clean accuracy. How many robust points does one clean point buy as the models grow?
+# 3. **Parameters against width.** Check that the digits network's parameter count grows like $w^2$ (fit $\log n$
+#    against $\log w$), and compare how its training time grew (the "train s" column).
 
-1. **A second seed.** Train seed 1 for width 16 and both activations with the same schedule, and compare the worst-case numbers with seed 0. How large is the seed-to-seed difference next to the effects in
-   the table?
-2. **Robustness per clean point.** For the released SiLU models (PGD-50 column), fit a line of robust accuracy
-   against clean accuracy. How many robust points does one clean point buy as the models grow?
-3. **Parameters against width.** Check that the digits network's parameter count grows like $w^2$ (fit $\log n$
-   against $\log w$), and compare how its training time grew (the "train s" column).
+# %% [markdown] tags=["solution"]
+# ## Solutions
 
-## Solutions
-"""),
-code(r"""
+# %% tags=["solution"]
 # 1. seed 1 for width 16
 for act in ACTS:
     for w in nb.size([16], [4]):
@@ -168,20 +189,20 @@ for act in ACTS:
         worst1 = 100 * evaluate(model)[-1]
         worst0 = 100 * width_runs[(act, w)][WORST] if (act, w) in width_runs else float("nan")
         print(f"{act} w={w}: worst case seed 0 {worst0:.1f}%, seed 1 {worst1:.1f}%  (difference {worst1 - worst0:+.1f})")
-"""),
-code(r"""
+
+# %% tags=["solution"]
 # 2. robust points per clean point, released SiLU models (PGD-50)
 import numpy as np
 pts = [(c, r) for name, _, _, c, r, a in PAPER_SCALING if a == "PGD-50"]
 slope, intercept = np.polyfit(*zip(*pts), 1)
 print(f"{len(pts)} released SiLU models: robust = {slope:.2f} x clean {intercept:+.1f}; "
       f"one clean point comes with {slope:.2f} robust points")
-"""),
-md(r"""
-A slope near or above 1 means robustness grows at least as fast as accuracy with model size; the two gains are
-not independent (a model that is wrong on a clean image is also wrong on every perturbation of it).
-"""),
-code(r"""
+
+# %% [markdown] tags=["solution"]
+# A slope near or above 1 means robustness grows at least as fast as accuracy with model size; the two gains are
+# not independent (a model that is wrong on a clean image is also wrong on every perturbation of it).
+
+# %% tags=["solution"]
 # 3. parameter count and training time against width
 import numpy as np
 for act in ACTS:
@@ -190,10 +211,8 @@ for act in ACTS:
     k_params = np.polyfit(np.log(WIDTHS), np.log(n), 1)[0]
     k_time = np.polyfit(np.log(WIDTHS), np.log(s), 1)[0]
     print(f"{act}: parameters ~ w^{k_params:.2f}, training time ~ w^{k_time:.2f}")
-"""),
-md(r"""
-The parameter count approaches $w^2$ for large $w$ (the $w^2$ terms dominate the linear ones). Training time
-grows more slowly at small widths because a CPU spends most of each step on fixed overhead there, not on
-arithmetic; that is also why the small runs above are cheap to repeat.
-"""),
-]
+
+# %% [markdown] tags=["solution"]
+# The parameter count approaches $w^2$ for large $w$ (the $w^2$ terms dominate the linear ones). Training time
+# grows more slowly at small widths because a CPU spends most of each step on fixed overhead there, not on
+# arithmetic; that is also why the small runs above are cheap to repeat.

@@ -1,30 +1,50 @@
-"""Cells of notebook 2: why ReLU hurts, measured as gradient quality."""
-from cells_common import SETUP, code, md
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-CELLS = [
-md(r"""
-# 2. Why ReLU hurts: gradient quality
+# %% [markdown]
+# # 2. Why ReLU hurts: gradient quality
+#
+# The paper's argument (Section 3): adversarial training uses gradients twice, in the **attacker** (the inner max of
+# Eq. 1) and in the **optimizer** (the outer min). ReLU's derivative is a step function,
+#
+# $$\mathrm{ReLU}(x) = \max(0, x), \qquad \mathrm{ReLU}'(x) = \mathbb{1}[x > 0],$$
+#
+# discontinuous at 0, so a ReLU network's input gradient can jump between nearby inputs. Smooth activations have
+# continuous derivatives, for example
+#
+# $$\text{Parametric Softplus: } f(x) = \tfrac{1}{\alpha}\log\big(1 + e^{\alpha x}\big), \quad f'(x) = \sigma(\alpha x); \qquad
+# \text{SiLU: } f(x) = x\,\sigma(x), \quad f'(x) = \sigma(x)\big(1 + x\,(1 - \sigma(x))\big).$$
+#
+# This notebook draws the paper's Figure 2, measures gradient quality directly on trained digits models, and
+# tests the mechanism behind Table 1's "attacker" row: a ReLU network whose forward pass is unchanged but whose
+# backward pass uses σ(αx) with α = 10 (the derivative of Parametric Softplus), so that the *same model*
+# is attacked with a smoother gradient.
+#
+# It reuses stage 03's ReLU and SiLU models when they exist, else trains them into `runs/notebooks/`.
 
-The paper's argument (Section 3): adversarial training uses gradients twice, in the **attacker** (the inner max of
-Eq. 1) and in the **optimizer** (the outer min). ReLU's derivative is a step function,
+# %%
+import os, sys
+# The repo root holds 01_activations.py: it is the parent of notebooks/ (this notebook's working directory).
+# The tests run the notebooks from a temporary folder and name the root in $SAT_REPO_ROOT.
+ROOT = os.environ.get("SAT_REPO_ROOT") or next(
+    (d for d in (os.path.dirname(os.getcwd()), os.getcwd()) if os.path.isfile(os.path.join(d, "01_activations.py"))), None)
+assert ROOT, "start this notebook from the repo's notebooks/ folder, or set SAT_REPO_ROOT to the repo root"
+sys.path[:0] = [ROOT, os.path.join(ROOT, "notebooks")]
+import nbsetup as nb   # paths, quick mode, table/figure helpers: notebooks/nbsetup.py
+print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OUT, ROOT)}/")
 
-$$\mathrm{ReLU}(x) = \max(0, x), \qquad \mathrm{ReLU}'(x) = \mathbb{1}[x > 0],$$
-
-discontinuous at 0, so a ReLU network's input gradient can jump between nearby inputs. Smooth activations have
-continuous derivatives, for example
-
-$$\text{Parametric Softplus: } f(x) = \tfrac{1}{\alpha}\log\big(1 + e^{\alpha x}\big), \quad f'(x) = \sigma(\alpha x); \qquad
-\text{SiLU: } f(x) = x\,\sigma(x), \quad f'(x) = \sigma(x)\big(1 + x\,(1 - \sigma(x))\big).$$
-
-This notebook draws the paper's Figure 2, measures gradient quality directly on trained digits models, and
-tests the mechanism behind Table 1's "attacker" row: a ReLU network whose forward pass is unchanged but whose
-backward pass uses σ(αx) with α = 10 (the derivative of Parametric Softplus), so that the *same model*
-is attacked with a smoother gradient.
-
-It reuses stage 03's ReLU and SiLU models when they exist, else trains them into `runs/notebooks/`.
-"""),
-SETUP,
-code(r"""
+# %%
 import copy
 import torch
 import torch.nn.functional as F
@@ -32,16 +52,16 @@ import matplotlib.pyplot as plt
 acts = nb.stage("01_activations")   # ACTIVATIONS, make_activation, swap_activations, smooth_backward, draw_figure2
 attack = nb.stage("02_pgd")         # pgd, px, default_step, EPS_PX
 EPS = attack.px(attack.EPS_PX["digits"])   # 64/255
-"""),
-md(r"""
-## The paper's Figure 2: the functions and their derivatives
 
-Drawn by stage 01's `draw_figure2`; the derivatives come from autograd, not from formulas. The dotted line is
-the backward pass of "ReLU forward, smooth backward". The table is stage 01's `activation_stats`: the value at
-0, the jump of the derivative across 0 (1 for ReLU, 0 for a smooth function) and the largest distance to ReLU
-on [−4, 4].
-"""),
-code(r"""
+# %% [markdown]
+# ## The paper's Figure 2: the functions and their derivatives
+#
+# Drawn by stage 01's `draw_figure2`; the derivatives come from autograd, not from formulas. The dotted line is
+# the backward pass of "ReLU forward, smooth backward". The table is stage 01's `activation_stats`: the value at
+# 0, the jump of the derivative across 0 (1 for ReLU, 0 for a smooth function) and the largest distance to ReLU
+# on [−4, 4].
+
+# %%
 os.makedirs(nb.OUT, exist_ok=True)
 fig_path = os.path.join(nb.OUT, "nb2_figure2.png")
 acts.draw_figure2(fig_path)
@@ -53,14 +73,14 @@ for name, (_, formula) in acts.ACTIVATIONS.items():
 f0, jump, gap = acts.activation_stats("relu", smooth_grad=True)
 rows.append(["relu, smooth backward", "max(0, x); backward sigmoid(10 x)", f"{f0:.4f}", f"{jump:.2e}", f"{gap:.4f}"])
 nb.table(["activation", "f(x)", "f(0)", "jump of f' at 0", "max |f - relu| on [-4, 4]"], rows)
-"""),
-md(r"""
-## ReLU forward, smooth backward
 
-Stage 01's `SmoothGradReLU` computes $\max(0, x)$ in the forward pass; inside `smooth_backward(model, True)` its
-backward pass returns $\sigma(10x)$ instead of the step function. Forward values never change.
-"""),
-code(r"""
+# %% [markdown]
+# ## ReLU forward, smooth backward
+#
+# Stage 01's `SmoothGradReLU` computes $\max(0, x)$ in the forward pass; inside `smooth_backward(model, True)` its
+# backward pass returns $\sigma(10x)$ instead of the step function. Forward values never change.
+
+# %%
 z = torch.linspace(-0.4, 0.4, 9, requires_grad=True)
 sg = acts.make_activation("relu", smooth_grad=True)
 for on in (False, True):
@@ -69,20 +89,20 @@ for on in (False, True):
     (g,) = torch.autograd.grad(out.sum(), z)
     print(f"smooth backward {str(on):5}  f(z) = {[round(v, 2) for v in out.tolist()]}\n"
           f"{'':22}  f'(z) = {[round(v, 2) for v in g.tolist()]}")
-"""),
-md(r"""
-## Three gradients
 
-* **ReLU**: the adversarially trained ReLU model (PGD-1, ε = 64/255), its true gradient;
-* **ReLU, smooth backward**: *the same model*, every `nn.ReLU` swapped for a `SmoothGradReLU` (identical logits),
-  its gradient taken with the smooth backward on;
-* **SiLU**: a model trained the same way with SiLU, its true gradient.
+# %% [markdown]
+# ## Three gradients
+#
+# * **ReLU**: the adversarially trained ReLU model (PGD-1, ε = 64/255), its true gradient;
+# * **ReLU, smooth backward**: *the same model*, every `nn.ReLU` swapped for a `SmoothGradReLU` (identical logits),
+#   its gradient taken with the smooth backward on;
+# * **SiLU**: a model trained the same way with SiLU, its true gradient.
+#
+# The first two share every weight and every forward value, so any difference between them is the gradient
+# alone. The SiLU model is a different network (other weights), so comparisons with it mix the activation with
+# everything else training did.
 
-The first two share every weight and every forward value, so any difference between them is the gradient
-alone. The SiLU model is a different network (other weights), so comparisons with it mix the activation with
-everything else training did.
-"""),
-code(r"""
+# %%
 relu, _, _ = nb.adv_model("relu")
 silu, _, _ = nb.adv_model("silu")
 relu_sg = copy.deepcopy(relu)
@@ -101,17 +121,17 @@ def input_grad(model, x, y, smooth=False):
     return torch.autograd.grad(loss, x)[0]
 
 GRADIENTS = {"ReLU": (relu, False), "ReLU, smooth backward": (relu_sg, True), "SiLU": (silu, False)}
-"""),
-md(r"""
-### One line through input space
 
-Take one test image $x$ (the correctly classified one with the largest loss), a random corner direction $v \in \{-1, 1\}^{64}$ of the $L_\infty$ ball, and walk along
-$x + t v$ for $t \in [-\epsilon, \epsilon]$. Left: the loss $L(t)$. Right: the directional derivative
-$\nabla_x L(x + t v) \cdot v$, as each gradient reports it. A ReLU network is piecewise linear in its input,
-so its loss is smooth between the points where some unit's input crosses 0 and its derivative jumps at each
-of them. The points are not clipped to [0, 1]: this looks at the function, not at an attack.
-"""),
-code(r"""
+# %% [markdown]
+# ### One line through input space
+#
+# Take one test image $x$ (the correctly classified one with the largest loss), a random corner direction $v \in \{-1, 1\}^{64}$ of the $L_\infty$ ball, and walk along
+# $x + t v$ for $t \in [-\epsilon, \epsilon]$. Left: the loss $L(t)$. Right: the directional derivative
+# $\nabla_x L(x + t v) \cdot v$, as each gradient reports it. A ReLU network is piecewise linear in its input,
+# so its loss is smooth between the points where some unit's input crosses 0 and its derivative jumps at each
+# of them. The points are not clipped to [0, 1]: this looks at the function, not at an attack.
+
+# %%
 with torch.no_grad():   # the correctly classified test image the ReLU model is least sure of: a visible loss
     logits = relu(x)
     i = F.cross_entropy(logits, y, reduction="none").masked_fill(logits.argmax(1) != y, -1).argmax().item()
@@ -138,19 +158,19 @@ for ax in (ax_l, ax_d):
 nb.show(fig)
 for name, r in roughness.items():
     print(f"{name:<22} largest jump between neighbouring points: {100 * r:5.1f}% of the curve's range")
-"""),
-md(r"""
-### Gradient stability: how much does the gradient change between nearby points?
 
-For each test image, draw $r \sim U(-\rho, \rho)^{64}$ and compare the gradient at $x$ with the gradient at $x + r$:
+# %% [markdown]
+# ### Gradient stability: how much does the gradient change between nearby points?
+#
+# For each test image, draw $r \sim U(-\rho, \rho)^{64}$ and compare the gradient at $x$ with the gradient at $x + r$:
+#
+# $$\cos\big(\nabla_x L(x),\, \nabla_x L(x + r)\big) \qquad\text{and}\qquad
+# \frac{1}{d}\sum_i \mathbb{1}\Big[\mathrm{sign}\,\partial_i L(x) = \mathrm{sign}\,\partial_i L(x + r)\Big].$$
+#
+# The second is what PGD actually uses: it steps along the sign. A gradient that keeps its direction over a
+# larger radius is a better guide for a step of size ε.
 
-$$\cos\big(\nabla_x L(x),\, \nabla_x L(x + r)\big) \qquad\text{and}\qquad
-\frac{1}{d}\sum_i \mathbb{1}\Big[\mathrm{sign}\,\partial_i L(x) = \mathrm{sign}\,\partial_i L(x + r)\Big].$$
-
-The second is what PGD actually uses: it steps along the sign. A gradient that keeps its direction over a
-larger radius is a better guide for a step of size ε.
-"""),
-code(r"""
+# %%
 RHO_PX = nb.size([0.5, 1, 2, 4, 8, 16, 32, 64], [1, 8, 64])
 cos = {name: [] for name in GRADIENTS}
 agree = {name: [] for name in GRADIENTS}
@@ -172,8 +192,8 @@ for ax in (ax_c, ax_s):
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
 nb.show(fig)
 nb.table(["gradient"] + [f"cos at {p:g}/255" for p in RHO_PX], [[n] + c for n, c in cos.items()], floatfmt="{:.3f}")
-"""),
-code(r"""
+
+# %%
 i = RHO_PX.index(8)
 order = sorted(GRADIENTS, key=lambda n: -cos[n][i])
 print(f"at rho = 8/255 the gradient direction is most stable for {order[0]} (cos {cos[order[0]][i]:.3f}) "
@@ -181,18 +201,19 @@ print(f"at rho = 8/255 the gradient direction is most stable for {order[0]} (cos
 d = cos["ReLU, smooth backward"][i] - cos["ReLU"][i]
 print(f"same ReLU model, smooth backward minus true gradient: {d:+.3f} in cosine, "
       f"{100 * (agree['ReLU, smooth backward'][i] - agree['ReLU'][i]):+.1f} points of sign agreement")
-"""),
-md(r"""
-## The attacker row of Table 1: a stronger PGD-1 from the same model?
 
-In Table 1 the smooth backward given to the **attacker** only (the training PGD-1) raised ImageNet robustness
-from 33.0% to 34.5%. The mechanism the paper proposes: a better gradient makes the one-step attacker stronger,
-so the network trains against harder adversarial examples. That can be tested directly, without any training:
-attack the same ReLU model with PGD-1 (step ε) once with its true gradient and once with the smooth backward,
-and measure the accuracy of the ReLU model (unchanged forward) on the two sets of adversarial examples, and
-the loss they reach. Random start as in training (averaged over 3 starts), and without one (FGSM).
-"""),
-code(r"""
+
+# %% [markdown]
+# ## The attacker row of Table 1: a stronger PGD-1 from the same model?
+#
+# In Table 1 the smooth backward given to the **attacker** only (the training PGD-1) raised ImageNet robustness
+# from 33.0% to 34.5%. The mechanism the paper proposes: a better gradient makes the one-step attacker stronger,
+# so the network trains against harder adversarial examples. That can be tested directly, without any training:
+# attack the same ReLU model with PGD-1 (step ε) once with its true gradient and once with the smooth backward,
+# and measure the accuracy of the ReLU model (unchanged forward) on the two sets of adversarial examples, and
+# the loss they reach. Random start as in training (averaged over 3 starts), and without one (FGSM).
+
+# %%
 def pgd1(eps, smooth, seed, rand_start_prob):
     '''Stage 02's PGD-1 (step = eps) on the ReLU model; smooth=True crafts it with the smooth backward.
     Returns (accuracy, mean cross-entropy) of the ReLU model (same forward either way) on the result.'''
@@ -217,28 +238,29 @@ acc_r, acc_s, loss_r, loss_s = at_training[2], at_training[3], float(at_training
 verdict = "stronger" if acc_s < acc_r - 1 else "weaker" if acc_s > acc_r + 1 else "about as strong (within 1 point)"
 print(f"at the training setting (PGD-1, eps 64/255, random start) the smooth-backward attacker is {verdict}: "
       f"accuracy {acc_r:.1f}% -> {acc_s:.1f}%, loss {loss_r:.3f} -> {loss_s:.3f}")
-"""),
-md(r"""
-How to read this: if the smooth backward gives the one-step attacker lower accuracy and higher loss on the
-*same* model, the attacker row of Table 1 has its mechanism on this model too: training on those examples is
-training against a stronger inner max. How much of that turns into robustness after training is a separate
-question (notebook 3 trains the "both" variant), and the gradient-stability numbers above are one model
-and one seed: treat small differences as noise.
 
-## Exercises
+# %% [markdown]
+# How to read this: if the smooth backward gives the one-step attacker lower accuracy and higher loss on the
+# *same* model, the attacker row of Table 1 has its mechanism on this model too: training on those examples is
+# training against a stronger inner max. How much of that turns into robustness after training is a separate
+# question (notebook 3 trains the "both" variant), and the gradient-stability numbers above are one model
+# and one seed: treat small differences as noise.
+#
+# ## Exercises
+#
+# 1. **The smoothness knob.** Every `SmoothGradReLU` has an `alpha` attribute (10 by default); its backward is
+#    σ(αx), which tends to the step function as α → ∞. Repeat the PGD-1 experiment at 64/255 for α = 1, 3, 10, 30,
+#    100. Is there a best α on this model?
+# 2. **How often are units near the kink?** σ(10z) differs from the step function by more than 0.27 only when
+#    |z| < 0.1. Using forward hooks on the `SmoothGradReLU` modules of `relu_sg`, measure the share of unit inputs
+#    with |z| < 0.1 on the test images, per layer.
+# 3. **Does the edge last?** Repeat the attacker comparison with PGD-k for k = 1, 2, 5, 10, 20 (stage 02's step
+#    rule) at 64/255. Does the smooth backward still matter when the attacker takes many steps?
 
-1. **The smoothness knob.** Every `SmoothGradReLU` has an `alpha` attribute (10 by default); its backward is
-   σ(αx), which tends to the step function as α → ∞. Repeat the PGD-1 experiment at 64/255 for α = 1, 3, 10, 30,
-   100. Is there a best α on this model?
-2. **How often are units near the kink?** σ(10z) differs from the step function by more than 0.27 only when
-   |z| < 0.1. Using forward hooks on the `SmoothGradReLU` modules of `relu_sg`, measure the share of unit inputs
-   with |z| < 0.1 on the test images, per layer.
-3. **Does the edge last?** Repeat the attacker comparison with PGD-k for k = 1, 2, 5, 10, 20 (stage 02's step
-   rule) at 64/255. Does the smooth backward still matter when the attacker takes many steps?
+# %% [markdown] tags=["solution"]
+# ## Solutions
 
-## Solutions
-"""),
-code(r"""
+# %% tags=["solution"]
 # 1. alpha sweep: set alpha on every SmoothGradReLU of the swapped model, attack with the smooth backward on
 sg_modules = [m for m in relu_sg.modules() if isinstance(m, acts.SmoothGradReLU)]
 true_acc = 100 * torch.tensor([pgd1(EPS, False, s, 1.0)[0] for s in SEEDS]).mean().item()
@@ -250,12 +272,12 @@ for alpha in nb.size([1, 3, 10, 30, 100], [1, 10]):
     print(f"alpha = {alpha:>3}: accuracy after smooth-backward PGD-1 {acc:.1f}%")
 for m in sg_modules:
     m.alpha = acts.PSOFTPLUS_ALPHA   # back to 10
-"""),
-md(r"""
-Small α smooths the gradient so much that it stops describing the ReLU network (σ(x) is far from the step
-function at |x| ~ 1), large α gives back the step function; the best α, if there is one, sits between.
-"""),
-code(r"""
+
+# %% [markdown] tags=["solution"]
+# Small α smooths the gradient so much that it stops describing the ReLU network (σ(x) is far from the step
+# function at |x| ~ 1), large α gives back the step function; the best α, if there is one, sits between.
+
+# %% tags=["solution"]
 # 2. share of SmoothGradReLU inputs near the kink, per layer
 names = dict((m, n) for n, m in relu_sg.named_modules())
 near = {}
@@ -267,12 +289,13 @@ for h in hooks:
     h.remove()
 for name, shares in near.items():
     print(f"{name:<22} {100 * sum(shares) / len(shares):5.1f}% of unit inputs within 0.1 of the kink")
-"""),
-md(r"""
-Every such unit is one whose derivative the smooth backward changes substantially; the more there are, the
-more the two gradients can differ.
-"""),
-code(r"""
+
+
+# %% [markdown] tags=["solution"]
+# Every such unit is one whose derivative the smooth backward changes substantially; the more there are, the
+# more the two gradients can differ.
+
+# %% tags=["solution"]
 # 3. the comparison with more attack steps (random start, same seeds for both gradients)
 def pgd_k(k, smooth, seed):
     torch.manual_seed(seed)
@@ -287,13 +310,11 @@ for k in nb.size([1, 2, 5, 10, 20], [1, 5]):
     print(f"PGD-{k:<3} accuracy vs ReLU gradient {a_r:5.1f}%   vs smooth backward {a_s:5.1f}%   difference {a_s - a_r:+.1f}")
 k1, kn = min(diffs), max(diffs)
 print(f"difference at PGD-{k1}: {diffs[k1]:+.1f} points; at PGD-{kn}: {diffs[kn]:+.1f} points")
-"""),
-md(r"""
-Two readings, depending on what the cell prints. If the difference shrinks with k, the smooth gradient mainly
-helps the *one-step* attacker, the one used in training, which is the setting of Table 1's attacker row. If it
-persists at many steps, the smooth backward is also the better *evaluation* attacker for this ReLU model: PGD
-with the true gradient then overstates the model's robustness, a mild form of the gradient masking that
-notebooks 3 and 4 look at. Either way the reported robustness of the ReLU model must come from the strongest
-attack available, not from its own gradient alone.
-"""),
-]
+
+# %% [markdown] tags=["solution"]
+# Two readings, depending on what the cell prints. If the difference shrinks with k, the smooth gradient mainly
+# helps the *one-step* attacker, the one used in training, which is the setting of Table 1's attacker row. If it
+# persists at many steps, the smooth backward is also the better *evaluation* attacker for this ReLU model: PGD
+# with the true gradient then overstates the model's robustness, a mild form of the gradient masking that
+# notebooks 3 and 4 look at. Either way the reported robustness of the ReLU model must come from the strongest
+# attack available, not from its own gradient alone.
