@@ -8,6 +8,7 @@ for a user, and a later command reads what an earlier one wrote), on tiny data t
 What changes, and why:
   SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, every evaluation a few images and attack
                               steps (common.SMOKE); the commands, flags and code paths are the real ones
+  SAT_NOTEBOOK_QUICK=1        the notebooks' own quick mode (notebooks/nbsetup.py), for `make notebooks`
   --nproc_per_node 8 -> 2     two processes (gloo on the CPU); --nnodes 4 -> 1, $NODE_RANK -> 0,
                               $MASTER -> 127.0.0.1, and a free port for every rendezvous
   tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
@@ -141,7 +142,7 @@ def shrink(cmd, root):
 @pytest.mark.parametrize("source, command", COMMANDS, ids=[f"{s}: {c[:70]}" for s, c in COMMANDS])
 def test_command_runs_as_written(source, command, user_dir):
     bin_dir = os.path.dirname(sys.executable)   # the .venv's python, torchrun, ... come first on PATH
-    env = {**os.environ, "SAT_SMOKE": "1", "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(free_port()),
+    env = {**os.environ, "SAT_SMOKE": "1", "SAT_NOTEBOOK_QUICK": "1", "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(free_port()),
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
            "PYTHONPATH": os.path.join(ROOT, "tests", "smoke"), "MPLBACKEND": "Agg"}
     r = subprocess.run(["bash", "-c", shrink(command, user_dir)], cwd=user_dir, env=env, capture_output=True,
