@@ -192,12 +192,34 @@ def make_activation(name: str, smooth_grad: bool = False) -> nn.Module:
     return ACTIVATIONS[name][0]()
 
 
-def swap_activations(model: nn.Module, name: str, smooth_grad: bool = False) -> list:
-    """Replace every nn.ReLU module inside `model` by a fresh `make_activation(name, smooth_grad)`.
+# The modules that play ReLU's role: the network's pointwise nonlinearity, whatever a model was built with
+# (ResNets: ReLU; EfficientNet, RegNet's SE: SiLU; ConvNeXt, ViT: GELU; MobileNetV2: ReLU6; MobileNetV3:
+# Hardswish and ReLU), and this file's own ones (so a model can be swapped again). NOT in it: Sigmoid and
+# Hardsigmoid, which gate channels in squeeze-and-excitation blocks (a multiplicative scale in (0, 1), not
+# a nonlinearity in the network's path; replacing a gate by an unbounded activation breaks the block).
+# ReLU6 and Hardswish ARE swapped: they are the main nonlinearity of the MobileNets, and both are the kind of
+# function SAT removes (ReLU6's derivative jumps at 0 and 6, Hardswish's at -3 and 3); their bounds and
+# pieces exist for cheap fixed-point inference, which adversarial training does not need.
+RELU_ROLE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
+             nn.Softplus, nn.Hardswish, ParametricSoftplus, SmoothReLU, SmoothGradReLU)
 
-    Returns the qualified names of the replaced modules (e.g. ['layer1.0.relu', ...]) so the caller can
-    report them; an empty list means nothing was swapped (e.g. a model calling F.relu, which no module
-    swap can reach: such a model must be edited by hand).
+
+class Swapped(list):
+    """What swap_activations replaced: the modules' qualified names (a list), and `.by_type`, how many of
+    each old type (e.g. {'SiLU': 49} for EfficientNet-B0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_type = {}
+
+
+def swap_activations(model: nn.Module, name: str, smooth_grad: bool = False) -> Swapped:
+    """Replace every activation module playing ReLU's role in `model` (RELU_ROLE: ReLU, SiLU, GELU, ...,
+    never a gate) by a fresh `make_activation(name, smooth_grad)`.
+
+    Returns the qualified names of the replaced modules (e.g. ['layer1.0.relu', ...]) with `.by_type`, so
+    the caller can report them; an empty list means nothing was swapped (e.g. a model calling F.relu,
+    which no module swap can reach: see functional_activations).
 
     Works on torchvision models: a ResNet Bottleneck holds ONE nn.ReLU (`self.relu`) and calls it three
     times in its forward; replacing the attribute replaces all three uses. Each replaced module gets its
@@ -205,13 +227,53 @@ def swap_activations(model: nn.Module, name: str, smooth_grad: bool = False) -> 
     places that module is called from (as in the paper's code, one alpha per layer's scope).
     """
     check_activation_name(name)
-    replaced = []
+    replaced = Swapped()
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            if type(child) is nn.ReLU:   # exactly ReLU: never re-swap an activation we inserted
+            if isinstance(child, RELU_ROLE):
                 setattr(parent, child_name, make_activation(name, smooth_grad))
                 replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
+                kind = type(child).__name__
+                replaced.by_type[kind] = replaced.by_type.get(kind, 0) + 1
     return replaced
+
+
+# the functional forms of RELU_ROLE (torch.nn.functional.relu, torch.relu, Tensor.relu, ...), by name
+FUNCTIONAL_NAMES = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "celu", "selu",
+                    "gelu", "silu", "mish", "softplus", "hardswish"}
+
+
+def functional_activations(model: nn.Module, x: torch.Tensor) -> set:
+    """Names of the activation functions `model` calls in functional form (F.relu(x), x.relu(), ...) in a
+    forward pass on x, outside its activation modules: the calls swap_activations cannot reach
+    (torchvision's DenseNet ends with F.relu, Inception v3 and GoogLeNet use nothing else). Seen through a
+    TorchFunctionMode, which is shown every torch function call; calls made inside a RELU_ROLE module (an
+    nn.ReLU calls F.relu) are its own business."""
+    from torch.overrides import TorchFunctionMode
+    depth, found = [0], set()
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if depth[0] == 0 and getattr(func, "__name__", "") in FUNCTIONAL_NAMES:
+                found.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+    hooks = [h for m in model.modules() if isinstance(m, RELU_ROLE)
+             for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    was_training = model.training
+    try:
+        with torch.no_grad(), Watch():
+            model.eval()(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -285,12 +285,14 @@ def usual_image_size(name: str, default: int = 224) -> int:
         return default
 
 
-def torchvision_model(name: str, num_classes: int):
+def torchvision_model(name: str, num_classes: int, image_size: int = 224):
     """Any torchvision classification model by name, untrained (resnet50, resnet101, resnext50_32x4d, ...).
     ResNets get zero-initialised last BN gamma in each block, as in the paper's recipe."""
     import torchvision
     check_model_name(name, "imagenet")
     kw = {"zero_init_residual": True} if ("resnet" in name or "resnext" in name) else {}
+    if name.startswith("vit_"):   # a ViT is built for one input size (its position embeddings)
+        kw["image_size"] = image_size
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kw)
 
 
@@ -305,11 +307,15 @@ def build_model(cfg: dict) -> nn.Module:
     elif name == "cifar_resnet18":
         net = cifar_resnet18(cfg["num_classes"])
     else:
-        net = torchvision_model(name, cfg["num_classes"])
+        net = torchvision_model(name, cfg["num_classes"], cfg.get("image_size", 224))
     use_smooth_grad = cfg.get("smooth_grad", "none") != "none"
     replaced = acts.swap_activations(net, cfg["act"], smooth_grad=use_smooth_grad)
-    if not replaced:
-        raise UserError(f"model {name!r} has no nn.ReLU module to swap (does it call F.relu?)")
+    if name not in OWN_MODELS:   # a torchvision model: are all its activations modules that could be swapped?
+        size = cfg.get("image_size", 224) if cfg["dataset"] == "imagenet" else 32
+        calls = acts.functional_activations(net, torch.rand(1, 3, size, size))
+        if calls or not replaced:
+            raise UserError(f"model {name!r} calls {', '.join(sorted(calls)) or 'its activations'} in functional form "
+                            f"(torch.nn.functional), which no module swap can reach: SAT cannot change it; pick another model")
     mean, std = STATS[cfg["dataset"]]
     return nn.Sequential(Normalize(mean, std), net)
 
