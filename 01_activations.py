@@ -25,6 +25,7 @@ There is no GPU setting: nothing here is heavy.
 Later stages import this file as `importlib.import_module("01_activations")` (a module name that starts
 with a digit cannot be written in an `import` statement, but importlib takes any string).
 """
+import functools
 import math
 import os
 from contextlib import contextmanager
@@ -39,32 +40,112 @@ import common   # one-line errors and the output-folder check of main(); the act
 # Settings
 PSOFTPLUS_ALPHA = 10.0     # Parametric Softplus sharpness alpha (paper: 10); also the smooth-backward alpha
 SMOOTHRELU_ALPHA = 400.0   # SmoothReLU alpha at initialisation; learnable (released code: alpha = beta^2, beta0 = 20)
-ELU_ALPHA = 1.0            # ELU alpha (paper: 1, the only value whose derivative is continuous at 0)
 OUT_DIR = os.path.join("runs", "01_activations")   # where the figure and the table go
 
 
 # ----------------------------------------------------------------------------------------------------
 # The smooth activations that PyTorch does not ship
 
+# Why hand-written forward and backward passes (torch.autograd.Function) below: on the CPU, PyTorch's
+# log1p, expm1, F.softplus and F.elu run ~10x slower per element than exp, log and sigmoid, which are
+# vectorised (measured: 36-40 ms against 2-6 ms on 4M floats, one thread), and a formula composed of
+# several ops makes autograd keep every intermediate for a long backward pass. Each function below is a few
+# vectorised passes forward, keeps only its input, and computes its closed-form derivative in one or two
+# passes backward: benchmarks/bench_activations.py measures what that buys in a training step. log(1 + u)
+# replaces log1p(u): for u = exp(-|z|) <= 1 or u = alpha x >= 0 the absolute error is a few units of the
+# floating-point epsilon (tests/test_activations.py holds each function to 1e-12 of its closed form in
+# float64, and gradcheck checks each backward).
+#
+# On a GPU the opposite holds: every elementwise op is one pass over memory, so a formula of many ops costs
+# many passes, while PyTorch's F.softplus and F.elu are one fused kernel each (measured on an H200,
+# ResNet-50 bf16: the functions below cost 1.24-1.40x ReLU's training step there). So on a GPU Softplus,
+# Parametric Softplus and ELU call PyTorch's fused kernels (fused() decides, by device).
+FUSED_SOFTPLUS_THRESHOLD = 20.0   # F.softplus returns x itself above alpha x > 20: off by log(1+e^-20)/alpha <= 2.1e-9/alpha
+
+
+def fused(x):
+    """True where this file's activations call PyTorch's single fused kernels (any device but the CPU)."""
+    return x.device.type != "cpu"
+
+
+def in_input_dtype(forward):
+    """Decorator: run an activation's forward with autocast off, in its input's dtype. CUDA autocast runs
+    softplus, log1p, exp, log and reciprocal in float32 (for accuracy in losses and norms), so a bf16
+    activation map would come out as float32, then be cast back by the next conv: two extra passes over
+    memory and twice the bytes (measured on an H200: F.softplus under autocast cost 1.55x ReLU's step).
+    Inside, PyTorch still computes each bf16 element in float32 and rounds only the result, like ReLU or
+    SiLU, which autocast leaves in bf16."""
+    @functools.wraps(forward)
+    def wrapper(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(self, x)
+    return wrapper
+
+
+class _Softplus(torch.autograd.Function):
+    """f(x) = log(1 + exp(alpha x)) / alpha = (max(z, 0) + log(1 + exp(-|z|))) / alpha with z = alpha x;
+    f'(x) = sigmoid(alpha x). exp() only ever sees a number <= 0, so it never overflows (exp(800) is inf
+    even in float64), and unlike F.softplus(x, beta) nothing switches to the identity above a threshold."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        z = x * alpha if alpha != 1 else x
+        y = z.abs().neg_().exp_().add_(1).log_()       # log(1 + exp(-|z|)), in (0, log 2]
+        y.add_(z.clamp_min(0))
+        return y.div_(alpha) if alpha != 1 else y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x * ctx.alpha), None
+
+
 class ParametricSoftplus(nn.Module):
     """Parametric Softplus (paper Section 3):   f(x) = (1/alpha) * log(1 + exp(alpha * x)),
-    f'(x) = sigmoid(alpha * x).  alpha -> infinity recovers ReLU; the paper uses alpha = 10.
-
-    Computed as (max(z, 0) + log(1 + exp(-|z|))) / alpha with z = alpha x: the same value, but exp() only
-    ever sees a number <= 0, so it never overflows (exp(800) is inf even in float64), and unlike
-    F.softplus(x, beta) there is no switch to the identity above a threshold, so it is exact in float64.
-    """
+    f'(x) = sigmoid(alpha * x).  alpha -> infinity recovers ReLU; the paper uses alpha = 10; alpha = 1 is
+    the plain Softplus of Figure 3. Computed by _Softplus above on the CPU, by F.softplus on a GPU."""
 
     def __init__(self, alpha: float = PSOFTPLUS_ALPHA):
         super().__init__()
         self.alpha = float(alpha)
 
+    @in_input_dtype
     def forward(self, x):
-        z = self.alpha * x
-        return (F.relu(z) + torch.log1p(torch.exp(-z.abs()))) / self.alpha
+        if fused(x):
+            return F.softplus(x, beta=self.alpha, threshold=FUSED_SOFTPLUS_THRESHOLD)
+        return _Softplus.apply(x, self.alpha)
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
+
+
+class _SmoothReLU(torch.autograd.Function):
+    """f = z - log(1 + alpha z) / alpha with z = max(x, 0) (0 for x < 0, never negative for x >= 0);
+    df/dx = alpha z / (1 + alpha z) = 1 - 1 / (1 + alpha z) (0 for x <= 0);
+    df/dalpha = log(1 + alpha z) / alpha^2 - z / (alpha (1 + alpha z)) = (log(1 + alpha z) - df/dx) / alpha^2,
+    summed over the elements (one alpha per module). Few passes: addcdiv / addcmul are one kernel each."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        z = x.clamp_min(0)
+        # log(1 + alpha z), kept for the alpha gradient; log1p is one kernel on a GPU but slow on the CPU
+        log_term = torch.log1p(z * alpha) if fused(x) else (z * alpha).add_(1).log_()
+        ctx.save_for_backward(z, log_term, alpha)
+        return torch.addcdiv(z, log_term, alpha, value=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, log_term, alpha = ctx.saved_tensors
+        inv = torch.addcmul(torch.ones_like(alpha), z, alpha).reciprocal_()   # 1 / (1 + alpha z)
+        grad_x = torch.addcmul(grad, grad, inv, value=-1)                     # grad * (1 - inv)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:   # sums in float32 at least (bf16 sums of a whole batch lose digits)
+            acc = torch.promote_types(grad.dtype, torch.float32)
+            total = (grad * log_term).sum(dtype=acc) - grad_x.sum(dtype=acc)
+            grad_alpha = (total / alpha.to(acc) ** 2).to(alpha.dtype).reshape(alpha.shape)
+        return grad_x, grad_alpha
 
 
 class SmoothReLU(nn.Module):
@@ -76,8 +157,7 @@ class SmoothReLU(nn.Module):
 
     alpha is learnable, one scalar per module, as in the paper's released code, which stores beta and uses
     alpha = beta^2 (always positive) with beta initialised to 20, i.e. alpha = 400 at the start.
-    Implementation: relu(x - log(alpha |x| + 1) / alpha). For x >= 0 this is the formula above (which is
-    never negative); for x < 0 the argument is negative, so relu gives 0, and log never sees a value <= 0.
+    Computed by _SmoothReLU above.
     """
 
     def __init__(self, alpha: float = SMOOTHRELU_ALPHA, learnable: bool = True):
@@ -87,10 +167,35 @@ class SmoothReLU(nn.Module):
         if not learnable:
             self.register_buffer("beta_fixed", beta)
 
+    @in_input_dtype
     def forward(self, x):
         beta = self.beta if self.beta is not None else self.beta_fixed
-        alpha = (beta * beta).to(x.dtype)
-        return F.relu(x - torch.log1p(alpha * x.abs()) / alpha)
+        return _SmoothReLU.apply(x, (beta * beta).to(x.dtype))
+
+
+class _ELU(torch.autograd.Function):
+    """f(x) = x for x >= 0, exp(x) - 1 for x < 0 (alpha = 1) = max(x, 0) + exp(min(x, 0)) - 1;
+    f'(x) = exp(min(x, 0)) (1 for x >= 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_max(0).exp_().sub_(1).add_(x.clamp_min(0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * x.clamp_max(0).exp_()
+
+
+class ELU(nn.Module):
+    """ELU with alpha = 1 (paper Figure 3; the only alpha whose derivative is continuous at 0), the same
+    function as nn.ELU(1.0), computed by _ELU above on the CPU (nn.ELU's expm1 kernel is slow there) and
+    by nn.ELU's F.elu on a GPU."""
+
+    @in_input_dtype
+    def forward(self, x):
+        return F.elu(x) if fused(x) else _ELU.apply(x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -160,8 +265,8 @@ def smooth_backward(model: nn.Module, on: bool):
 # ----------------------------------------------------------------------------------------------------
 # Selecting an activation by name, and swapping it into any model
 
-# name -> (factory, formula for humans). nn.SiLU, nn.GELU and nn.ELU are PyTorch's own; Softplus is
-# Parametric Softplus with alpha = 1 (PyTorch's nn.Softplus returns x itself above x = 20: off by 2e-9).
+# name -> (factory, formula for humans). nn.SiLU and nn.GELU are PyTorch's own (fast vectorised kernels);
+# the others are this file's (see above why); Softplus is Parametric Softplus with alpha = 1.
 # GELU: the exact x * Phi(x) (erf form); the released TensorFlow code used the tanh approximation.
 ACTIVATIONS = {
     "relu": (lambda: nn.ReLU(), "max(0, x)"),
@@ -170,7 +275,7 @@ ACTIVATIONS = {
     "smoothrelu": (lambda: SmoothReLU(SMOOTHRELU_ALPHA), "x - log(400 x + 1)/400 for x>=0, else 0"),
     "silu": (lambda: nn.SiLU(), "x sigmoid(x)"),
     "gelu": (lambda: nn.GELU(), "x Phi(x)"),
-    "elu": (lambda: nn.ELU(alpha=ELU_ALPHA), "x for x>=0, exp(x)-1 otherwise"),
+    "elu": (lambda: ELU(), "x for x>=0, exp(x)-1 otherwise"),
 }
 
 
@@ -201,7 +306,7 @@ def make_activation(name: str, smooth_grad: bool = False) -> nn.Module:
 # function SAT removes (ReLU6's derivative jumps at 0 and 6, Hardswish's at -3 and 3); their bounds and
 # pieces exist for cheap fixed-point inference, which adversarial training does not need.
 RELU_ROLE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
-             nn.Softplus, nn.Hardswish, ParametricSoftplus, SmoothReLU, SmoothGradReLU)
+             nn.Softplus, nn.Hardswish, ParametricSoftplus, SmoothReLU, ELU, SmoothGradReLU)
 
 
 class Swapped(list):

@@ -48,6 +48,35 @@ def test_smooth_activations_pass_gradcheck(acts, name):
     assert torch.autograd.gradcheck(act, (x,))
 
 
+@pytest.mark.parametrize("gpu_form", [False, True])
+def test_smoothrelu_alpha_gradient_passes_gradcheck(acts, gpu_form, monkeypatch):
+    """SmoothReLU's alpha is learned: its hand-written gradient (summed over the elements) against finite
+    differences, together with the input's; in the CPU form and in the GPU form (log1p)."""
+    monkeypatch.setattr(acts, "fused", lambda x: gpu_form)
+    x = torch.tensor([-2.0, -0.1, 0.0, 0.002, 0.3, 4.0], dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor(30.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(acts._SmoothReLU.apply, (x, alpha))
+
+
+# On a GPU, Softplus, Parametric Softplus and ELU call PyTorch's fused kernels and SmoothReLU its log1p
+# (acts.fused decides by device).
+# Forcing that path here checks it on the CPU: F.elu exactly (1e-12), F.softplus within its threshold error,
+# log(1 + exp(-20)) / alpha <= exp(-20) / alpha (2.1e-9 for alpha = 1, 2.1e-10 for alpha = 10); a lower
+# threshold (5: error 6.7e-3 at x = 5..6) fails.
+FUSED_TOLERANCE = {"softplus": math.exp(-20) / 1, "psoftplus": math.exp(-20) / 10, "elu": 1e-12,
+                   "smoothrelu": 1e-12}
+
+
+@pytest.mark.parametrize("name", list(FUSED_TOLERANCE))
+def test_gpu_fused_forms_match_closed_form_float64(acts, name, monkeypatch):
+    monkeypatch.setattr(acts, "fused", lambda x: True)
+    act = acts.make_activation(name).double()
+    got = act(torch.tensor(X, dtype=torch.float64)).detach().numpy()
+    np.testing.assert_allclose(got, CLOSED_FORMS[name](X), rtol=1e-12, atol=FUSED_TOLERANCE[name])
+    x = torch.tensor([-3.0, -0.7, -0.05, 0.03, 0.4, 2.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(act, (x,))
+
+
 def test_smooth_grad_relu_gradcheck_where_relu_is_smooth(acts):
     """Away from the kink (|x| >= 2) ReLU is smooth and sigmoid(10 x) equals its derivative to 2e-9."""
     f = lambda x: acts._ReLUWithSmoothGrad.apply(x, 10.0)  # noqa: E731
@@ -137,3 +166,25 @@ def test_cli_writes_figure_and_table(tmp_path):
     table = (tmp_path / "activations_table.txt").read_text()
     relu_row = next(line for line in table.splitlines() if line.startswith("relu "))
     assert float(relu_row.split()[2]) == 1.0   # ReLU's derivative jumps by 1 at 0
+
+
+@pytest.mark.parametrize("name", ["softplus", "psoftplus", "smoothrelu", "elu"])
+def test_gpu_forms_run_with_autocast_off(acts, name, monkeypatch):
+    """CUDA autocast runs softplus, log1p, exp ... in float32: inside a bf16 network that made each activation
+    map float32 (an H200 measured the cost). This file's activations turn autocast off around their own
+    forward; the kernels of the GPU form must see it off (spied here with the CPU's autocast)."""
+    monkeypatch.setattr(acts, "fused", lambda x: True)
+    seen = []
+    for mod, fn in [(torch.nn.functional, "softplus"), (torch.nn.functional, "elu"), (torch, "log1p")]:
+        real = getattr(mod, fn)
+
+        def spy(*a, real=real, **k):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return real(*a, **k)
+        monkeypatch.setattr(mod, fn, spy)
+    act = acts.make_activation(name)
+    x = torch.randn(4, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        act(x).sum().backward()
+    assert seen and not any(seen)
