@@ -20,7 +20,9 @@
 # EfficientNet-L1 trained with SAT reached 82.2% clean and 58.6% robust accuracy on ImageNet, +9.5 / +11.6 points
 # over the previous state of the art.
 #
-# This notebook tabulates and plots those numbers, then runs a small CPU version of the question on digits: does
+# This notebook tabulates and plots those numbers, shows what swapping the activation does to each of the paper's
+# model families, measures whether a smooth activation really comes "for free" (what it costs per training step
+# on a CPU and on a GPU), then runs a small CPU version of the scaling question on digits: does
 # robust accuracy grow with the width of the digits network, and does the gap between SiLU and ReLU grow or
 # shrink with it? The digits network with width $w$ has about $74\,w^2$ weights (its convolutions have $w$ and $2w$
 # channels), so widths 4 to 32 span a factor of ~60 in parameters, from ~1.4k to ~77k.
@@ -81,6 +83,86 @@ for name, tv, px, c, r, a in PAPER_SCALING:
 ax.set(xlabel="clean accuracy %", ylabel="robust accuracy %", xlim=(58, 92), title="paper: SAT on larger ImageNet models")
 ax.grid(alpha=0.3)
 nb.show(fig)
+
+# %% [markdown]
+# ## The paper's model families, with their activations swapped
+#
+# Section 5 trains ResNets, ResNeXts, Wide-ResNets and EfficientNets. Their activations differ: ReLU in the
+# ResNet family, SiLU in EfficientNet, whose squeeze-and-excitation blocks also hold a Sigmoid that *gates*
+# channels (it multiplies them by a number in (0, 1)); ConvNeXt and ViT use GELU, MobileNetV3 Hardswish and ReLU.
+# Stage 01's `swap_activations` replaces every module that plays ReLU's role, whatever its type, and never a gate:
+# a gate is not the nonlinearity between layers that SAT is about, and swapping it for SiLU would break it.
+# Below, each family is built on PyTorch's `meta` device (shapes only, nothing allocated) and swapped to ReLU,
+# the paper's baseline: what was replaced, by type, and what is left.
+
+# %%
+acts = nb.stage("01_activations")
+FAMILIES = ["resnet50", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "efficientnet_b0", "efficientnet_b7",
+            "regnet_y_400mf", "mobilenet_v3_large", "convnext_tiny", "vit_b_16"]
+rows = []
+for name in FAMILIES:
+    try:
+        with torch.device("meta"):
+            model = common.torchvision_model(name, 1000, common.usual_image_size(name))
+    except NotImplementedError:   # RegNet's initialisation reads values, which meta tensors do not hold
+        model = common.torchvision_model(name, 1000, common.usual_image_size(name))
+    n_params = sum(p.numel() for p in model.parameters()) / 1e6
+    replaced = acts.swap_activations(model, "relu")
+    left = {type(m).__name__ for m in model.modules() if isinstance(m, acts.RELU_ROLE) and type(m) is not torch.nn.ReLU}
+    gates = sum(isinstance(m, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) for m in model.modules())
+    rows.append([name, f"{n_params:.1f}", common.usual_image_size(name),
+                 ", ".join(f"{k} x{v}" for k, v in replaced.by_type.items()), gates, ", ".join(left) or "none"])
+nb.table(["model", "params (M)", "usual px", "replaced by ReLU", "gates kept", "other activations left"], rows)
+
+# %% [markdown]
+# `03_adv_train.py --dataset imagenet --model efficientnet_b0 efficientnet_b7 --act relu silu` trains both versions
+# of each at its usual resolution (the crop size of torchvision's pretrained weights). A model that calls the
+# functional form `F.relu` in its `forward` instead of holding a module (DenseNet, GoogLeNet, Inception-v3) cannot
+# be swapped this way; stage 03 refuses it with one line rather than train a model that still has ReLUs.
+#
+# ## Is SAT "for free"? What each activation costs
+#
+# The paper's "for free" means no extra compute: the smooth activation replaces ReLU in the same network. But an
+# activation is not free to compute, and a multi-operation formula can cost a lot on one kind of hardware and
+# nothing on another. `benchmarks/bench_activations.py` timed stage 03's PGD-1 training step with each activation
+# in the same model and batch, as a ratio to ReLU's step (activations alternating, median over repeats): the digits
+# model and a CIFAR ResNet-18 on one CPU core, and ResNet-50 in bf16 on an NVIDIA H200. Its tables are in `docs/`.
+
+# %%
+import csv
+def cost_table(path):
+    with open(os.path.join(ROOT, "docs", path)) as f:
+        return list(csv.DictReader(f))
+costs = cost_table("activation_cost_cpu.csv") + cost_table("activation_cost_gpu_h200.csv")
+models = list(dict.fromkeys(r["model"] for r in costs))
+ratio = {(r["model"], r["activation"]): float(r["ratio_to_relu"]) for r in costs}
+short = {m: ("digits model" if m.startswith("digits") else m.split(",")[0]) + (", H200 GPU" if "H200" in m else ", CPU")
+         for m in models}
+nb.table(["activation"] + [short[m] for m in models],
+         [[a] + [ratio[(m, a)] for m in models] for a in acts.ACTIVATIONS], floatfmt="{:.2f}")
+for m in models:
+    free = [a for a in acts.ACTIVATIONS if a != "relu" and ratio[(m, a)] <= 1.05]
+    print(f"{short[m]}: within 5% of ReLU: {', '.join(free) or 'none'}; "
+          f"dearest: {max(acts.ACTIVATIONS, key=lambda a: ratio[(m, a)])} ({max(ratio[(m, a)] for a in acts.ACTIVATIONS):.2f}x)")
+
+# %% [markdown]
+# The same measurement, live, on this machine: the digits model, a few repeats (noisier than the committed table).
+
+# %%
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import bench_activations
+xd, yd = common.digits_tensors("train")
+live = bench_activations.activation_costs("digits", "digitsnet", xd[:64], yd[:64], 64,
+                                          repeats=nb.size(5, 2), inner=nb.size(10, 3))
+nb.table(["activation", "ms per step", "x ReLU"], [[a, ms, r] for a, (ms, r, lo, hi) in live.items()], floatfmt="{:.2f}")
+
+# %% [markdown]
+# **Reading the cost table.** On a GPU each of PyTorch's activations (ReLU, SiLU, GELU, ELU, Softplus) is one
+# fused kernel that reads and writes the activation map once, so they cost about the same: there, SAT with SiLU
+# is free, as the paper says. SmoothReLU is written here as several operations (and its learnable α needs a sum
+# over each map), so it pays several passes over memory. On a CPU the cost is arithmetic: an `exp` and a `log` per
+# element (Softplus, SmoothReLU, ELU) cost more than ReLU's comparison, and more so in the digits model, whose
+# convolutions are tiny. "For free" is a statement about fused GPU kernels, not about every machine.
 
 # %% [markdown]
 # ## A small version on CPU: the width of the digits network
@@ -177,6 +259,9 @@ print(f"SiLU is ahead at {pos} of {len(gaps)} widths, by more than the noise (ab
 #    against clean accuracy. How many robust points does one clean point buy as the models grow?
 # 3. **Parameters against width.** Check that the digits network's parameter count grows like $w^2$ (fit $\log n$
 #    against $\log w$), and compare how its training time grew (the "train s" column).
+# 4. **Where the CPU time goes.** Time the forward and backward pass of Parametric Softplus (α = 10) on a
+#    64×64×32×32 tensor in stage 01's CPU form and in its GPU form, PyTorch's `F.softplus(x, beta=10)`, against
+#    ReLU's, on one thread. Which is faster on the CPU, and why does stage 01 not use `F.softplus` there?
 
 # %% [markdown] tags=["solution"]
 # ## Solutions
@@ -216,3 +301,25 @@ for act in ACTS:
 # The parameter count approaches $w^2$ for large $w$ (the $w^2$ terms dominate the linear ones). Training time
 # grows more slowly at small widths because a CPU spends most of each step on fixed overhead there, not on
 # arithmetic; that is also why the small runs above are cheap to repeat.
+
+# %% tags=["solution"]
+# 4. Parametric Softplus: stage 01's CPU form against F.softplus (its GPU form) and ReLU, one thread
+import time
+import torch.nn.functional as F
+torch.set_num_threads(1)
+xt = torch.randn(nb.size(64, 8), 64, 32, 32)
+def fwd_bwd_ms(f, n=nb.size(10, 3)):
+    times = []
+    for _ in range(n + 1):
+        x_ = xt.clone().requires_grad_()
+        t = time.perf_counter(); f(x_).sum().backward(); times.append(time.perf_counter() - t)
+    return 1e3 * sorted(times[1:])[len(times[1:]) // 2]   # median, first call dropped
+psp = acts.ParametricSoftplus(10.0)
+for label, f in [("ReLU", F.relu), ("stage 01 CPU form", psp), ("F.softplus(x, beta=10)", lambda x: F.softplus(x, beta=10))]:
+    print(f"{label:<24} {fwd_bwd_ms(f):6.1f} ms")
+
+# %% [markdown] tags=["solution"]
+# On this CPU PyTorch's `softplus` kernel computes `log1p(exp(x))` one element at a time (its `log1p` is not
+# vectorised), so stage 01 composes the same value from `exp` and `log`, which are vectorised, in a few passes;
+# it is still several times ReLU's one comparison. On a GPU the one fused `F.softplus` kernel wins, and stage 01
+# uses it there.

@@ -1,0 +1,47 @@
+#!/bin/bash
+# The CUDA paths on a real GPU, in about 5 minutes: run from the repo root on a machine with an NVIDIA GPU,
+#     bash benchmarks/gpu_check.sh            (logs and CSVs go to $OUT, default runs/gpu_check)
+# 1. benchmarks/bench_activations.py --skip-cpu: each activation's training step / ReLU's, ResNet-50 bf16
+# 2. stage 03 on the digits with --device cuda in every precision, channels_last and torch.compile (SAT_SMOKE=1:
+#    a few steps each), then stage 04 on CUDA
+# 3. torchrun with one process (NCCL), ResNet-50 at 64 px on a generated ImageFolder, stopped after epoch 1,
+#    then --resume
+# 4. a full default digits run of ReLU (all four smooth-grad modes) and Parametric Softplus on CUDA, evaluated
+#    on CUDA
+# Each step prints rc=0 when it succeeded. Ran as is on an NVIDIA H200 with torch 2.11 (2026-11-26): all rc=0.
+OUT=${OUT:-runs/gpu_check}; TMP=$(mktemp -d); mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi -L; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+step() { echo; echo "=== $1 ($(date +%T))"; }
+step "bench_activations --skip-cpu"
+timeout 200 python3 benchmarks/bench_activations.py --skip-cpu --out "$OUT/activation_cost_gpu.csv" 2>&1 | tee "$OUT/bench.log"
+step "digits smoke: 03 on cuda, each amp mode, channels_last, compile"
+for opts in "--amp bf16" "--amp fp16" "--amp off" "--amp bf16 --channels-last" "--amp bf16 --compile"; do
+  echo "--- $opts"
+  SAT_SMOKE=1 timeout 120 python3 03_adv_train.py --device cuda $opts --act relu silu --smooth-grad none attacker --quiet --out "$TMP/smk" --force 2>&1 | tail -4
+  echo "rc=${PIPESTATUS[0]}"
+done
+step "04 on cuda (smoke)"
+SAT_SMOKE=1 timeout 120 python3 04_eval.py --runs "$TMP/smk" --out "$TMP/ev" --device cuda 2>&1 | tail -12
+echo "rc=${PIPESTATUS[0]}"
+step "torchrun nccl, imagenet preset, small image, generated ImageFolder, then --resume"
+python3 - "$TMP/fakeimnet" <<'PY'
+import os, sys, numpy as np
+from PIL import Image
+for split in ("train", "val"):
+    for c in range(3):
+        d = f"{sys.argv[1]}/{split}/class{c}"; os.makedirs(d, exist_ok=True)
+        for i in range(24):
+            Image.fromarray(np.random.randint(0, 255, (80, 96, 3), np.uint8)).save(f"{d}/{i}.jpg")
+PY
+for extra in "--stop-after-epoch 1" "--resume"; do
+  timeout 150 torchrun --standalone --nproc_per_node 1 03_adv_train.py --dataset imagenet --data "$TMP/fakeimnet" --act relu --smooth-grad none \
+    --image-size 64 --batch-size 16 --epochs 2 --workers 2 --out "$TMP/imn" --quiet $extra 2>&1 | tail -6
+  echo "rc=${PIPESTATUS[0]}"
+done
+step "real digits run on cuda (relu, psoftplus), evaluated on cuda"
+timeout 150 python3 03_adv_train.py --device cuda --act relu psoftplus --quiet --out "$TMP/dig" 2>&1 | tail -4
+echo "rc=${PIPESTATUS[0]}"
+timeout 120 python3 04_eval.py --runs "$TMP/dig" --out "$OUT/digits_eval" --device cuda 2>&1 | tail -14
+echo "rc=${PIPESTATUS[0]}"
+step done
