@@ -18,6 +18,9 @@ Run it:
     python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
     torchrun --nproc_per_node 8 03_adv_train.py --dataset imagenet --data /path/to/imagenet --act silu
                                              # the paper's ResNet-50 recipe (preset 'imagenet')
+Both cores: a sweep of several runs trains `--jobs N` of them at once (default: one per core), one process
+and one torch thread each, with the same weights as `--jobs 1`; each run's printout then goes to its
+train.log, and one line per finished run to the screen.
 Crashes: `--resume` continues each run from its checkpoint.pt (or starts it when there is none), and
 `--checkpoint-every N` also checkpoints every N steps inside an epoch; the same command run again after a
 kill at any moment (or `torchrun --max-restarts N ... --resume`) ends with an uninterrupted run's weights.
@@ -27,6 +30,7 @@ when it is not the preset's):
                     scaler, epoch (+ steps into the next), config, rng, every process's BN statistics, metrics
     final.pt        the same dict once the run has finished: stage 04 evaluates every final.pt it finds
     log.csv         one row per epoch (the columns of the printed table)
+    train.log       with --jobs > 1: the run's printout
 Speed figures (adversarial vs standard training step): python benchmarks/bench_train.py
 """
 import csv
@@ -37,7 +41,7 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 from dataclasses import dataclass, field
 
 import torch
@@ -569,6 +573,8 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="retrain runs that exist already")
     p.add_argument("--stop-after-epoch", type=int, default=None, help="stop after this epoch (then --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=None, help="runs trained at once, one process and one torch thread each "
+                   "(default: one per core; 1 under torchrun); each run's output then goes to its train.log")
     return p.parse_args(argv)
 
 
@@ -613,19 +619,45 @@ def configs_from_args(args) -> list:
     return cfgs
 
 
+def train_logged(job):
+    """One run of a --jobs sweep, in a worker process: train(cfg, **kw) with its printout in <run>/train.log.
+    Returns (run name, seconds, the log's last line)."""
+    cfg, kw = job
+    t = time.time()
+    log = os.path.join(common.check_out_dir(cfg.out), "train.log")
+    with open(log, "a") as f, redirect_stdout(f):
+        train(cfg, **kw, quiet=True)
+    with open(log) as f:
+        last = ([line.strip() for line in f if line.strip()] or [""])[-1]
+    return run_name(cfg), time.time() - t, last
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfgs = configs_from_args(args)
     rank, world, _ = dist_info()
+    jobs = common.check_jobs(args.jobs, 1 if world > 1 else common.cpu_count())
+    if world > 1 and jobs > 1:
+        raise common.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
+    jobs = min(jobs, len(cfgs))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfgs[0].device != "cpu" else "gloo"
         dist.init_process_group(backend, store=restart_safe_store(rank), rank=rank, world_size=world)
     t0 = time.time()
     timings = []
+    kw = dict(resume=args.resume, force=args.force, stop_after_epoch=args.stop_after_epoch)
     try:
-        for cfg in cfgs:
+        if jobs > 1:   # one process per run (common.in_processes); results identical to --jobs 1
+            print(f"{len(cfgs)} runs, {jobs} at a time (one process and one torch thread each); "
+                  f"each run's printout goes to its train.log")
+            done = {}
+            for i, (name, sec, last) in common.in_processes(train_logged, [(cfg, kw) for cfg in cfgs], jobs):
+                done[i] = (name, sec)
+                print(f"  [{len(done)}/{len(cfgs)}] {name}: {last}", flush=True)
+            timings = [done[i] for i in sorted(done)]
+        for cfg in cfgs if jobs == 1 else []:
             t = time.time()
-            train(cfg, resume=args.resume, force=args.force, stop_after_epoch=args.stop_after_epoch, quiet=args.quiet)
+            train(cfg, **kw, quiet=args.quiet)
             timings.append((run_name(cfg), time.time() - t))
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)

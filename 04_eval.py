@@ -20,9 +20,17 @@ Run it:
     python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
                                              # CPU: ~2.5 min for the 11 default digits checkpoints (~13-25 s each)
     python 04_eval.py --limit 1000 --batch-size 100    # ImageNet/CIFAR checkpoints: quick look on 1000 images
+On the CPU `--jobs N` checkpoints are evaluated at once (default: one per core), one process and one torch
+thread each; the numbers are those of `--jobs 1`.
+Comparisons: each configuration minus plain ReLU (same data set, eps and test images) for clean, PGD-200
+and worst-case accuracy, with a 95% bootstrap interval that resamples the seeds (of each side, independently)
+and the test images (one draw for both sides: the pairing); verdict "better" / "worse" when the interval
+excludes 0, "equal" when it lies within +-3 points (MARGIN), else "undecided"; none with a single seed.
 Writes (runs/04_eval/):
     results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
     per_run.csv                      every number for every checkpoint, with its attack parameters
+    comparisons.csv, comparisons.md  each configuration minus plain ReLU (clean, PGD-200, worst case) with a
+                                     95% bootstrap interval over seeds and test images, and a verdict
     cache/<run>.json                 per-checkpoint results (re-used while the checkpoint is unchanged)
     figure3_acc_vs_robust.png        the paper's Figure 3: ours (left) beside the paper's ImageNet points (right)
     robust_vs_steps.png, robust_vs_eps.png
@@ -49,6 +57,9 @@ EPS_FACTORS = [0.5, 1, 2, 4, 8]         # the eps check, PGD-20 at these multipl
 APGD_STEPS = 100                        # torchattacks APGD iterations (AutoAttack's default is 100)
 SQUARE_QUERIES = 1000                   # Square attack queries (AutoAttack uses 5000; --square-queries)
 TOL_STEPS, TOL_FGSM, TOL_INDEP, TOL_CHANCE = 0.01, 0.01, 0.03, 0.10   # masking-check tolerances
+COMPARED = {"clean": "clean", "pgd200": "PGD-200", "worst": "worst case"}   # the metrics compared with ReLU
+MARGIN = 0.03             # "equal": the whole 95% interval of a difference lies within +-3 points
+BOOTSTRAP = 2000          # bootstrap replicates per comparison
 
 # The paper's ImageNet ResNet-50 numbers (../shared/PAPER.md): clean %, PGD-200 robust %
 PAPER_TABLE1 = {"none": (68.8, 33.0), "attacker": (68.3, 34.5), "optimizer": (69.4, 35.8), "both": (68.9, 36.9)}
@@ -137,6 +148,8 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
     res["params"] = params
     res["n"] = len(masks["clean"])
     res["flags"] = masking_flags(res, num_classes)
+    # which test images each model got right, for the paired bootstrap of the comparisons: '0'/'1' per image
+    res["per_image"] = {k: "".join("1" if b else "0" for b in masks[k].tolist()) for k in COMPARED}
     return res
 
 
@@ -193,7 +206,7 @@ def test_batches(cfg, data_dir, limit, batch_size, workers=4):
 
 def evaluate_checkpoint(path, args, device):
     """Results dict for one checkpoint, from the cache when the checkpoint and settings are unchanged."""
-    key = {"size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
+    key = {"version": 2, "size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
            "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack}
     cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
     if os.path.isfile(cache) and not args.no_cache:
@@ -215,6 +228,14 @@ def evaluate_checkpoint(path, args, device):
     with open(cache, "w") as f:
         json.dump({"key": key, "result": res}, f)
     return res, False
+
+
+def evaluate_job(job):
+    """evaluate_checkpoint for one (path, args, device) in a --jobs worker process: (result, cached, seconds)."""
+    path, args, device = job
+    t = time.time()
+    r, cached = evaluate_checkpoint(path, args, torch.device(device))
+    return r, cached, time.time() - t
 
 
 def config_label(r):
@@ -256,6 +277,84 @@ def aggregate(results):
         row["act"], row["smooth_grad"], row["train_attack"] = r0["act"], r0["smooth_grad"], r0["train_attack"]
         rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# Comparisons with ReLU: a difference, its 95% interval, a verdict
+
+def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0):
+    """Difference of accuracies a - b with a 95% bootstrap interval. a: (seeds of the configuration, images)
+    and b: (seeds of the reference, images), 0/1 per test image, the SAME images in the same order.
+    Two sources of noise, both resampled: the test images (one draw of n images with replacement per
+    replicate, shared by a and b: the pairing, which cancels the images both get right or both get wrong)
+    and the seeds (drawn with replacement, separately for a and b: their training runs are independent).
+    Returns (difference, low, high) as fractions."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    n, diffs = a.shape[1], []
+    for chunk in range(0, reps, 250):                       # 250 replicates at a time bound the memory
+        k = min(250, reps - chunk)
+        w = rng.multinomial(n, np.full(n, 1 / n), size=k).T.astype(np.float32) / n   # (n, k) image weights
+        acc_a, acc_b = a @ w, b @ w                          # (seeds, k): each seed's accuracy per replicate
+        pick_a = rng.integers(0, len(a), (len(a), k))        # resampled seeds, per replicate
+        pick_b = rng.integers(0, len(b), (len(b), k))
+        cols = np.arange(k)
+        diffs.append(acc_a[pick_a, cols].mean(0) - acc_b[pick_b, cols].mean(0))
+    lo, hi = np.percentile(np.concatenate(diffs), [2.5, 97.5])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def verdict(lo, hi, margin=MARGIN):
+    """better / worse: the interval excludes 0; equal: it lies within +-margin; else undecided."""
+    return "better" if lo > 0 else "worse" if hi < 0 else "equal" if -margin <= lo and hi <= margin else "undecided"
+
+
+def compare_with_relu(results):
+    """Every configuration against plain ReLU (same data set, eps and test images, PGD-1 training): the
+    activations of Figure 3 and the smooth-backward rows of Table 1. One row per configuration."""
+    import numpy as np
+    groups = {}
+    for r in results:
+        if r["train_attack"] != "none" and "per_image" in r:
+            groups.setdefault((r["dataset"], r["eps_px"], r["n"]), {}).setdefault(config_label(r), []).append(r)
+    rows = []
+    for (dataset, eps_px, n), by_label in groups.items():
+        ref = by_label.get(f"{dataset} relu")
+        if not ref:
+            continue
+        for label, rs in by_label.items():
+            if label == f"{dataset} relu":
+                continue
+            row = {"configuration": label, "vs": f"{dataset} relu", "eps": f"{eps_px:g}/255", "n_test": n,
+                   "seeds": f"{len(rs)} vs {len(ref)}"}
+            for k in COMPARED:
+                grid = lambda runs: np.array([[c == "1" for c in r["per_image"][k]] for r in runs])   # noqa: E731
+                d, lo, hi = bootstrap_diff(grid(rs), grid(ref))
+                row[k] = (d, lo, hi, verdict(lo, hi) if len(rs) > 1 and len(ref) > 1 else "one seed: no verdict")
+            paper, paper_relu = paper_numbers(rs[0]["act"], rs[0]["smooth_grad"]), PAPER_TABLE1["none"]
+            row["paper"] = f"{paper[1] - paper_relu[1]:+.1f} (ImageNet PGD-200)" if paper else ""
+            rows.append(row)
+    return rows
+
+
+def write_comparisons(rows, out_dir):
+    """comparisons.csv and comparisons.md; returns the markdown."""
+    heads = ["configuration", "vs", "seeds", "test images"] + [f"{h} Δ (95% CI)" for h in COMPARED.values()] + \
+            [f"{h} verdict" for h in COMPARED.values()] + ["paper Δ"]
+    def cells(row):
+        return [row["configuration"], row["vs"], row["seeds"], str(row["n_test"])] + \
+               [f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]" for k in COMPARED] + \
+               [row[k][3] for k in COMPARED] + [row["paper"] or "—"]
+    with open(os.path.join(out_dir, "comparisons.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(heads)
+        w.writerows(cells(row) for row in rows)
+    md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] +
+                   ["| " + " | ".join(cells(row)) + " |" for row in rows])
+    with open(os.path.join(out_dir, "comparisons.md"), "w") as f:
+        f.write(md + "\n")
+    return md
 
 
 TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
@@ -363,6 +462,8 @@ def main(argv=None):
     p.add_argument("--autoattack", action="store_true", help="also run AutoAttack's standard set (slow)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
+    p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
+                   "thread each (default: one per core on the CPU, 1 on a GPU)")
     args = p.parse_args(argv)
     common.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
     common.check_number("--batch-size", args.batch_size, 1, math.inf)
@@ -387,19 +488,30 @@ def main(argv=None):
           f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
           + (", AutoAttack" if args.autoattack else ""))
     print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
-    results, t_all = [], time.time()
-    for path in paths:
-        t0 = time.time()
-        r, cached = evaluate_checkpoint(path, args, device)
-        results.append(r)
+    jobs = min(common.check_jobs(args.jobs, common.cpu_count() if device.type == "cpu" else 1), len(paths))
+    t_all = time.time()
+    if jobs > 1:   # one process per checkpoint (common.in_processes); the same numbers as --jobs 1
+        done = common.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs)
+    else:
+        torch.set_num_threads(1)   # as in the workers, so that --jobs 1 and --jobs N agree to the last bit
+        done = ((i, evaluate_job((path, args, device))) for i, path in enumerate(paths))
+    results = [None] * len(paths)
+    for i, (r, cached, sec) in done:
+        results[i] = r
         print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
               f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
-              f"{'cache' if cached else f'{time.time() - t0:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
+              f"{'cache' if cached else f'{sec:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
     rows = aggregate(results)
     md = write_tables(rows, args.out)
     write_per_run(results, args.out)
     figs = draw_figures(rows, results, args.out)
+    comparisons = compare_with_relu(results)
     print(f"\nresults by configuration (accuracies in %, mean ± std over seeds; eps and attack parameters in per_run.csv):\n{md}")
+    if comparisons:
+        print(f"\neach configuration minus plain ReLU, in points, with a 95% bootstrap interval over seeds and test images "
+              f"(paired: the same images); verdict: better / worse when the interval excludes 0, equal when it lies "
+              f"within ±{100 * MARGIN:g} points, else undecided; paper Δ: the paper's ImageNet difference:\n"
+              f"{write_comparisons(comparisons, args.out)}")
     print(f"\nevaluated in {time.time() - t_all:.0f} s. Results table: {os.path.join(args.out, 'results.md')} (and .csv, per_run.csv)")
     print("Figures: " + ", ".join(figs))
 
