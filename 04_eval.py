@@ -338,20 +338,25 @@ def compare_with_relu(results):
     return rows
 
 
-def write_comparisons(rows, out_dir):
-    """comparisons.csv and comparisons.md; returns the markdown."""
+def comparison_table(rows):
+    """compare_with_relu's rows as (headers, rows of strings): differences and intervals in points."""
     heads = ["configuration", "vs", "seeds", "test images"] + [f"{h} Δ (95% CI)" for h in COMPARED.values()] + \
             [f"{h} verdict" for h in COMPARED.values()] + ["paper Δ"]
-    def cells(row):
-        return [row["configuration"], row["vs"], row["seeds"], str(row["n_test"])] + \
-               [f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]" for k in COMPARED] + \
-               [row[k][3] for k in COMPARED] + [row["paper"] or "—"]
+    cells = [[row["configuration"], row["vs"], row["seeds"], str(row["n_test"])] +
+             [f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]" for k in COMPARED] +
+             [row[k][3] for k in COMPARED] + [row["paper"] or "—"] for row in rows]
+    return heads, cells
+
+
+def write_comparisons(rows, out_dir):
+    """comparisons.csv and comparisons.md; returns the markdown."""
+    heads, cells = comparison_table(rows)
     with open(os.path.join(out_dir, "comparisons.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(heads)
-        w.writerows(cells(row) for row in rows)
+        w.writerows(cells)
     md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] +
-                   ["| " + " | ".join(cells(row)) + " |" for row in rows])
+                   ["| " + " | ".join(c) + " |" for c in cells])
     with open(os.path.join(out_dir, "comparisons.md"), "w") as f:
         f.write(md + "\n")
     return md
@@ -469,6 +474,7 @@ def main(argv=None):
     common.check_number("--batch-size", args.batch_size, 1, math.inf)
     common.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
     common.check_number("--square-queries", args.square_queries, 1, 1_000_000)
+    common.check_jobs(args.jobs, 1)
     if args.eps is not None:
         attack.check_px("--eps", args.eps)
     if common.SMOKE:   # the command tests (common.SMOKE): a few images, a few steps of each attack

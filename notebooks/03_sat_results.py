@@ -147,69 +147,44 @@ nb.show(fig)
 # %% [markdown]
 # ## Where they agree and where they do not
 #
-# The comparison is computed, not written by hand: for every configuration, its change against ReLU (same
-# stage, same attacks) beside the paper's change against ReLU. A change counts as *beyond noise* if it is larger
-# than twice its standard error, estimated from the binomial error of each accuracy on the test images
-# ($\sqrt{p(1-p)/n}$) and, when there are several seeds, from the spread over seeds. That band is conservative:
-# it treats the two accuracies as independent although they are measured on the same images.
+# The comparison is computed, not written by hand, by stage 04 (`compare_with_relu`): for every configuration, its
+# difference from plain ReLU for clean, PGD-200 and worst-case accuracy, with a **95% confidence interval** from a
+# bootstrap that resamples both sources of noise: the seeds (each configuration's training runs) and the test
+# images. The two models are judged on the same images, so each bootstrap draw takes the same images for both: an
+# image both get right, or both get wrong, cancels out of the difference (the *pairing*), which makes the interval
+# much narrower than treating the two accuracies as independent. From the interval, a **verdict**: *better* or
+# *worse* when it excludes 0, *equal* when it lies within ±3 points, else *undecided*. One seed gives no verdict:
+# its interval knows nothing of how much another seed would move the result. The paper's ImageNet difference
+# (PGD-200) stands beside each.
 
 # %%
-by_config = {(r["act"], r["smooth_grad"]): r for r in rows}
+by_config = {(r["act"], r["smooth_grad"]): r for r in rows}   # (act, smooth grad) -> stage 04's row
 base = by_config.get(("relu", "none"))
-paper_base = ev.paper_numbers("relu", "none")
-
-def noise(r, key):
-    '''Standard error of a configuration's mean accuracy: binomial over n test images, and over seeds if several.'''
-    m, s = r[key]
-    se2 = m * (1 - m) / r["n_test"] / r["seeds"]
-    if r["seeds"] > 1 and not math.isnan(s):
-        se2 += s * s / r["seeds"]
-    return math.sqrt(se2)
-
-def verdict(d, se, paper_d):
-    if abs(d) <= 2 * se:
-        return "within noise"
-    same = (d > 0) == (paper_d > 0)
-    return "agrees with the paper's direction" if same else "opposite to the paper"
-
-comparison, summary = [], {"pgd200": [], "worst": []}
-for key, r in by_config.items():
-    if key == ("relu", "none") or base is None:
-        continue
-    paper = ev.paper_numbers(*key)
-    if paper is None:
-        continue
-    line = [r["configuration"]]
-    for metric in ("clean", "pgd200", "worst"):
-        d = 100 * (r[metric][0] - base[metric][0])
-        se = 100 * math.sqrt(noise(r, metric) ** 2 + noise(base, metric) ** 2)
-        line.append(f"{d:+.1f} ± {2 * se:.1f}")
-        if metric != "clean":
-            summary[metric].append((r["configuration"], d, se, verdict(d, se, paper[1] - paper_base[1])))
-    line += [f"{paper[0] - paper_base[0]:+.1f}", f"{paper[1] - paper_base[1]:+.1f}"]
-    comparison.append(line)
-if comparison:
-    nb.table(["configuration", "ours: clean", "ours: PGD-200", "ours: worst case", "paper: clean", "paper: PGD-200"], comparison)
-    for metric, label in (("pgd200", "PGD-200"), ("worst", "worst case")):
-        items = summary[metric]
-        better = sum(d > 2 * se for _, d, se, _ in items)
-        worse = sum(d < -2 * se for _, d, se, _ in items)
-        print(f"by {label}: {better} of {len(items)} configurations beat ReLU beyond noise, {worse} fall behind it "
-              f"beyond noise, {len(items) - better - worse} are within noise (in the paper every one of them beats ReLU)")
-        for name, d, se, v in items:
-            print(f"    {name:<38} {d:+5.1f} points (noise ±{2 * se:.1f}): {v}")
-else:
-    print("no ReLU baseline among the results: nothing to compare")
+comp_csv = nb.stage_output("04_eval", "comparisons.csv")
+if comp_csv and per_run:   # stage 04 wrote them from the same checkpoints as per_run.csv
+    with open(comp_csv) as f:
+        reader = csv.reader(f)
+        heads, cells = next(reader), list(reader)
+    print(f"from stage 04: {os.path.relpath(comp_csv, ROOT)}")
+else:                      # this notebook's own results: the same computation
+    heads, cells = ev.comparison_table(ev.compare_with_relu(results))
+nb.table(heads, cells)
+col = {h: i for i, h in enumerate(heads)}
+for metric in ("PGD-200", "worst case"):
+    verdicts = [c[col[f"{metric} verdict"]] for c in cells]
+    counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+    agree = [c[0] for c in cells if c[col[f"{metric} verdict"]] == "better" and c[col["paper Δ"]].startswith("+")]
+    print(f"by {metric}: {counts} (of {len(cells)}); better than ReLU, as in the paper: {', '.join(agree) or 'none'}")
 
 # %% [markdown]
 # **How to read this.** The paper's effect was measured on ImageNet with a 25M-parameter ResNet-50 at ε = 4/255
 # over 100 epochs. This repo's digits setting has a ~20k-parameter network, 8×8 images, ε = 64/255, 30 epochs, one
 # seed unless stage 04 was run with several, and at most 500 test images, so every number above carries a noise
-# band of several points. The printed sentences say which differences clear that band; the rest of this
-# paragraph only says how to weigh them.
+# band of several points. The verdicts say which differences clear it; the rest of this paragraph only says how
+# to weigh them.
 #
-# * A difference within noise is not a finding in either direction; more seeds (`python 03_adv_train.py --seeds 3`)
-#   and the full test set narrow the band.
+# * An *undecided* difference is not a finding in either direction; more seeds (`python 03_adv_train.py --seeds 15`)
+#   narrow the interval.
 # * Agreement in direction under PGD-200 is weaker evidence than agreement under the worst case: the next section
 #   shows that PGD-200 can overstate robustness, and by different amounts for different activations.
 # * Later work (Gowal et al. 2020; Pang et al. 2021) found the activation's effect on CIFAR-10 to be small, so at
