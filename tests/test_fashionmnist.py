@@ -141,3 +141,24 @@ def test_the_real_files_hold_the_published_counts():
         x, y = common.fashion_mnist_tensors(split, SYSTEM_FOLDER)
         assert x.shape == (10 * per_class, 1, 28, 28) and 0 <= x.min() < x.max() <= 1
         assert torch.bincount(y).tolist() == [per_class] * 10
+
+
+@pytest.mark.parametrize("network", ["up", "down"])
+def test_download_goes_through_torchvision_into_its_layout(tmp_path, capsys, monkeypatch, network):
+    """--download calls torchvision's FashionMNIST(root, download=True), here replaced by a stand-in that writes
+    the generated files where torchvision puts them (root/FashionMNIST/raw/), or fails as it does offline."""
+    import torchvision
+
+    def fake_fashion_mnist(root, train=True, download=False):
+        if network == "down":
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried http://..., got URLError")
+        write_fake_fashion(os.path.join(root, "FashionMNIST", "raw"))
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion_mnist)
+    if network == "up":
+        assert len(common.get_dataset("fashionmnist", "train", str(tmp_path / "data"), download=True)) == 24
+        return
+    code, err = run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "data"), "--download",
+                                                     "--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path / "runs")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"error: Fashion-MNIST download into '{tmp_path / 'data' / 'FashionMNIST' / 'raw'}' failed (RuntimeError: Error downloading" in err
+    assert "apt-get install dataset-fashion-mnist" in err
