@@ -87,7 +87,7 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     common.run_cli(stage("03_adv_train").main, train_args)
     ckpt = common.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
     cfg = ckpt["config"]
-    assert (cfg["model"], cfg["eps"], cfg["num_classes"], cfg["threads"]) == ("fashionnet", 25.5, 10, 1)
+    assert (cfg["model"], cfg["eps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == ("fashionnet", 25.5, 31.875, 10, 1)
     assert len(ckpt["metrics"]["history"]) == 1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
     assert "3 steps/epoch" in capsys.readouterr().out   # 24 training images in batches of 8
     common.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
@@ -96,6 +96,15 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     assert "fashionmnist_relu_s0" in out and "25.5/255" in out
     per_run = (tmp_path / "eval" / "per_run.csv").read_text()
     assert "fashionmnist_relu_s0,fashionmnist,fashionnet,relu,none,pgd,0,25.5,6," in per_run
+
+
+def test_preset_step_follows_eps_unless_given():
+    """The preset's PGD-1 step is 1.25 x eps (Wong et al. 2020), also for another --eps; --attack-step wins."""
+    train_mod = stage("03_adv_train")
+    assert train_mod.preset_config("fashionmnist").attack_step == 1.25 * 25.5
+    assert train_mod.preset_config("fashionmnist", eps=51.0).attack_step == 1.25 * 51
+    assert train_mod.preset_config("fashionmnist", attack_step=10.0).attack_step == 10.0
+    assert train_mod.preset_config("digits").attack_step == 0.0   # 0: stage 02's default, eps for PGD-1
 
 
 @pytest.mark.parametrize("stage_name", ["03_adv_train", "04_eval"])
