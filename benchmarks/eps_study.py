@@ -4,7 +4,7 @@ The default eps must leave robust accuracy neither near 0% nor near the clean ac
 difference between activations can show. Run:
     python benchmarks/eps_study.py          # digits, eps 8..64/255 (~3 min on 2 CPU cores)
     python benchmarks/eps_study.py --dataset fashionmnist --data /usr/share/datasets/fashion-mnist \\
-        --eps 12.75 25.5 51 --epochs 3 --limit 1000   # short runs, first 1000 test images (~15 min, 1 core)
+        --eps 12.75 25.5 51 --epochs 3 --limit 1000   # short runs, first 1000 test images (~8 min, 1 core)
 """
 import importlib
 import os
