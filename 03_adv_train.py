@@ -119,7 +119,8 @@ PRESETS = {
     # with a stride-2 stem, 19.7k parameters); no augmentation; one thread: a run takes ~2.5 min on one CPU core
     # (10 epochs of ~15 s, README). DEVIATION from the paper's step = eps: step 1.25 x eps (Wong et al. 2020's
     # single-step recipe). With step = eps the PGD-1 training overfitted its attack here (seed 0, first 500 test
-    # images: PGD-200 56.8%, Square 42.2%, worst case 40.4%); with 1.25 x eps: 69.8%, 63.0%, 62.2% (README)
+    # images: PGD-200 56.8%, Square 42.2%, worst case 40.4%); with 1.25 x eps: 69.8%, 63.0%, 62.2%. SiLU still
+    # overfits its attack at 1.25 x eps (worst case 29.8%): see README before comparing activations here
     "fashionmnist": dict(model="fashionnet", eps=attack.EPS_PX["fashionmnist"], step_x_eps=1.25, epochs=10, batch_size=128,
                          lr_per_256=0.2, weight_decay=5e-4, warmup_epochs=1.0, milestones=[6, 9], label_smoothing=0.0,
                          check_size=1000, threads=1),
