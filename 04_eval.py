@@ -196,9 +196,10 @@ def test_batches(cfg, data_dir, limit, batch_size, workers=4):
     workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
     if cfg["dataset"] == "digits":
         ds = torch.utils.data.TensorDataset(*common.digits_tensors("test"))
-        workers = 0
     else:
         ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
+    if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
+        workers = 0
     if limit:
         ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
@@ -458,7 +459,7 @@ def main(argv=None):
     p = common.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
     p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
-    p.add_argument("--data", default=None, help="cifar10/imagenet data folder (default: the one in the checkpoint's config)")
+    p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
     p.add_argument("--batch-size", type=int, default=500, help="images per attack batch")

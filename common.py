@@ -8,10 +8,15 @@ Data sets (all pixels in [0, 1]; normalisation is the model's first layer, so an
             Fixed split: a permutation drawn with numpy seed 0; the first 1297 images train, the last 500 test.
   cifar10   torchvision's CIFAR-10 (32x32 RGB). Downloads into --data on a user's machine, or reads the
             existing `cifar-10-batches-py/` folder there.
+  fashionmnist  Zalando's Fashion-MNIST (28x28 grey, 60,000 train / 10,000 test, 10 classes of clothing), read
+            from its four original idx .gz files in --data (or in --data/FashionMNIST/raw/, where
+            torchvision's FashionMNIST downloads them with --download). Debian/Ubuntu: `apt-get install
+            dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist.
   imagenet  an ImageFolder tree: <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG.
 """
 import argparse
 import dataclasses
+import gzip
 import math
 import os
 import random
@@ -155,14 +160,15 @@ def set_rng_state(state: dict):
 # ----------------------------------------------------------------------------------------------------
 # Data
 
-DATASETS = ("digits", "cifar10", "imagenet")
+DATASETS = ("digits", "cifar10", "fashionmnist", "imagenet")
 # per-channel mean/std used by the model's Normalize layer
 STATS = {
     "digits": ((0.30,), (0.40,)),   # measured on the digits train split (rounded)
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "fashionmnist": ((0.286,), (0.353,)),   # measured on the 60,000 training images (rounded)
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-NUM_CLASSES = {"digits": 10, "cifar10": 10}
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "fashionmnist": 10}
 DIGITS_N_TRAIN = 1297   # the remaining 500 of the 1797 digits are the test split
 
 
@@ -177,6 +183,61 @@ def digits_tensors(split: str):
     return x[idx], y[idx]
 
 
+# Fashion-MNIST's four files, as Zalando distributes them (and torchvision and Debian keep them): per split,
+# images (idx3: magic 2051, count, 28, 28, then uint8 pixels) and labels (idx1: magic 2049, count, then uint8)
+FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                 "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def fashion_mnist_folder(data_dir: str, download: bool = False) -> str:
+    """The folder holding the four .gz files: data_dir itself (e.g. /usr/share/datasets/fashion-mnist, read
+    only) or data_dir/FashionMNIST/raw (torchvision's layout). With download=True and neither complete,
+    torchvision's FashionMNIST downloads them into the latter (it skips files already there)."""
+    names = [f for pair in FASHION_FILES.values() for f in pair]
+    candidates = [data_dir, os.path.join(data_dir, "FashionMNIST", "raw")]
+    for folder in candidates:
+        if all(os.path.isfile(os.path.join(folder, f)) for f in names):
+            return folder
+    if download:
+        import torchvision
+        try:
+            torchvision.datasets.FashionMNIST(data_dir, train=True, download=True)
+        except (RuntimeError, OSError) as e:   # no network, a mirror down, a bad md5
+            raise UserError(f"Fashion-MNIST download into {candidates[1]!r} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                            f"offline, point --data at a folder holding its four .gz files (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist)")
+        return candidates[1]
+    raise UserError(f"no Fashion-MNIST in {data_dir!r} (nor in its FashionMNIST/raw/): it needs {', '.join(names)}; "
+                    f"`apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist, or pass --download")
+
+
+def read_idx_gz(path: str, magic: int) -> np.ndarray:
+    """One idx file (gzip-compressed): big-endian int32 magic number, one int32 per dimension, then uint8 data.
+    A truncated or foreign file is one UserError line naming it."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:   # not gzip, truncated
+        raise UserError(f"{path!r} cannot be read ({e.__class__.__name__}: {e}); replace it with the original file")
+    ndim = magic - 2048                                     # 2049: labels (1 dim), 2051: images (3 dims)
+    head = np.frombuffer(raw[:4 + 4 * ndim], dtype=">i4") if len(raw) >= 4 + 4 * ndim else np.zeros(0)
+    shape = tuple(int(d) for d in head[1:])
+    if len(head) != 1 + ndim or head[0] != magic or len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise UserError(f"{path!r} is not an idx file with magic number {magic} and its full data (truncated or foreign); replace it with the original file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_tensors(split: str, data_dir: str, download: bool = False):
+    """(x, y) for 'train' or 'test': x (N, 1, 28, 28) float32 in [0, 1] (pixels 0..255 divided by 255), y (N,)."""
+    folder = fashion_mnist_folder(data_dir, download)
+    images_file, labels_file = (os.path.join(folder, f) for f in FASHION_FILES[split])
+    images, labels = read_idx_gz(images_file, 2051), read_idx_gz(labels_file, 2049)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
+        raise UserError(f"{images_file!r} ({images.shape}) and {labels_file!r} ({labels.shape}, labels up to {labels.max(initial=0)}) "
+                        f"are not a Fashion-MNIST split (N x 28 x 28 images, N labels 0..9)")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)   # (N, 1, 28, 28)
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
 def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int = 224, download: bool = False):
     """A torch Dataset of (image in [0, 1], label). Training splits carry the augmentation:
     cifar10: random crop 32 with 4-pixel padding + horizontal flip (the usual CIFAR recipe);
@@ -187,6 +248,8 @@ def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int =
     train = split == "train"
     if name == "digits":
         return torch.utils.data.TensorDataset(*digits_tensors(split))
+    if name == "fashionmnist":   # no augmentation, as usual for (adversarial training on) Fashion-MNIST
+        return torch.utils.data.TensorDataset(*fashion_mnist_tensors(split, data_dir, download))
 
     import torchvision
     import torchvision.transforms as T
@@ -270,17 +333,19 @@ class ResBlock(nn.Module):
 
 class DigitsNet(nn.Module):
     """Small residual CNN for 8x8 digits: stem conv (w) -> block (w) -> block (2w, stride 2) -> pool -> fc.
-    width w = 16 has 19.7k parameters; `--width` scales it (notebook 5's scaling experiment)."""
+    width w = 16 has 19.7k parameters; `--width` scales it (notebook 5's scaling experiment).
+    stem_stride=2 is the Fashion-MNIST model ('fashionnet'): the same weights, but the stem halves 28x28 to
+    14x14 before the blocks, so a 28x28 image costs ~3x an 8x8 one instead of ~12x (60,000 of them per epoch)."""
 
-    def __init__(self, width=16, num_classes=10):
+    def __init__(self, width=16, num_classes=10, stem_stride=1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.block1 = ResBlock(width, width)
-        self.block2 = ResBlock(width, 2 * width, stride=2)   # 8x8 -> 4x4
+        self.block2 = ResBlock(width, 2 * width, stride=2)   # 8x8 -> 4x4 (Fashion-MNIST: 14x14 -> 7x7)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2 * width, num_classes)
 
-    def forward(self, x):   # x: (B, 1, 8, 8)
+    def forward(self, x):   # x: (B, 1, 8, 8); fashionnet: (B, 1, 28, 28)
         x = self.block2(self.block1(self.stem(x)))
         return self.fc(self.pool(x).flatten(1))
 
@@ -294,7 +359,8 @@ def cifar_resnet18(num_classes=10):
     return m
 
 
-OWN_MODELS = {"digitsnet": "digits", "cifar_resnet18": "cifar10"}   # this repo's models and their data set
+OWN_MODELS = {"digitsnet": "digits", "fashionnet": "fashionmnist", "cifar_resnet18": "cifar10"}   # this repo's models and their data set
+ONE_CHANNEL = {"digits": "digitsnet", "fashionmnist": "fashionnet"}   # grey data sets and the model that fits each
 
 
 def check_model_name(name: str, dataset: str) -> str:
@@ -305,9 +371,9 @@ def check_model_name(name: str, dataset: str) -> str:
         if OWN_MODELS[name] != dataset:
             raise UserError(f"model {name!r} does not fit dataset {dataset!r}")
     elif name not in torchvision.models.list_models(module=torchvision.models):
-        raise UserError(f"unknown model {name!r}; accepted: digitsnet, cifar_resnet18, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
-    elif dataset == "digits":   # torchvision models expect 3-channel images; the digits have 1
-        raise UserError(f"model {name!r} does not fit dataset 'digits' (1 channel); use digitsnet")
+        raise UserError(f"unknown model {name!r}; accepted: {', '.join(OWN_MODELS)}, or a torchvision classification model such as resnet50, resnet101, resnet152, resnext50_32x4d")
+    elif dataset in ONE_CHANNEL:   # torchvision models expect 3-channel images; digits and Fashion-MNIST have 1
+        raise UserError(f"model {name!r} does not fit dataset {dataset!r} (1 channel); use {ONE_CHANNEL[dataset]}")
     return name
 
 
@@ -339,8 +405,8 @@ def build_model(cfg: dict) -> nn.Module:
     import importlib
     acts = importlib.import_module("01_activations")
     name = cfg["model"]
-    if name == "digitsnet":
-        net = DigitsNet(cfg.get("width", 16), cfg["num_classes"])
+    if name in ("digitsnet", "fashionnet"):
+        net = DigitsNet(cfg.get("width", 16), cfg["num_classes"], stem_stride=2 if name == "fashionnet" else 1)
     elif name == "cifar_resnet18":
         net = cifar_resnet18(cfg["num_classes"])
     else:

@@ -5,6 +5,7 @@ They run in the order a reader meets them, in one scratch copy of the repo (so `
 for a user, and a later command reads what an earlier one wrote), on tiny data this file generates:
   data/cifar-10-batches-py/   CIFAR-10 in torchvision's on-disk format, 8 random images per file
   /path/to/imagenet           -> an ImageFolder of 36 small random JPEGs in 3 classes (train/ and val/)
+  /usr/share/datasets/fashion-mnist -> Fashion-MNIST's four idx .gz files, 24 train and 8 test random images
 What changes, and why:
   SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, every evaluation a few images and attack
                               steps (common.SMOKE); the commands, flags and code paths are the real ones
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from test_fashionmnist import write_fake_fashion
 
 STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
 NOT_RUN = {"make test": "this test suite itself"}
@@ -127,12 +129,14 @@ def user_dir(tmp_path_factory):
     os.symlink(os.path.join(ROOT, ".venv"), root / ".venv")
     write_fake_cifar(root / "data" / "cifar-10-batches-py")
     write_fake_imagenet(root / "imagenet")
+    write_fake_fashion(root / "fashion-mnist")
     return root
 
 
 def shrink(cmd, root):
     """The substitutions listed in the module docstring."""
     cmd = cmd.replace("/path/to/imagenet", str(root / "imagenet"))
+    cmd = cmd.replace("/usr/share/datasets/fashion-mnist", str(root / "fashion-mnist"))
     cmd = re.sub(r"--nproc_per_node \d+", "--nproc_per_node 2", cmd)
     cmd = re.sub(r"--nnodes \d+", "--nnodes 1", cmd)
     cmd = cmd.replace("$NODE_RANK", "0").replace("$MASTER", "127.0.0.1")

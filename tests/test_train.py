@@ -132,7 +132,7 @@ def run_cli(train_mod, capsys, args):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar10, imagenet"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; accepted: digits, cifar10, fashionmnist, imagenet"),
     (["--act", "swish"], "unknown activation 'swish'; accepted: relu"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model", "resnet18"], "model 'resnet18' does not fit dataset 'digits'"),
@@ -141,6 +141,8 @@ def run_cli(train_mod, capsys, args):
     (["--smooth-grad", "sometimes"], "unknown --smooth-grad 'sometimes'"),
     (["--dataset", "imagenet", "--data", "/nonexistent/imagenet"], "no ImageNet folder '/nonexistent/imagenet/train'"),
     (["--dataset", "cifar10", "--data", "/nonexistent/c10"], "no CIFAR-10 at '/nonexistent/c10/cifar-10-batches-py'"),
+    (["--dataset", "fashionmnist", "--data", "/nonexistent/fm"], "no Fashion-MNIST in '/nonexistent/fm' (nor in its FashionMNIST/raw/)"),
+    (["--dataset", "fashionmnist", "--model", "resnet18"], "model 'resnet18' does not fit dataset 'fashionmnist' (1 channel); use fashionnet"),
 ])
 def test_bad_inputs_one_line_exit_2(train_mod, capsys, tmp_path, args, msg):
     code, err = run_cli(train_mod, capsys, args + ["--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path)]
