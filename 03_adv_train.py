@@ -14,7 +14,7 @@ Run it:
     python 03_adv_train.py                   # digits, CPU, ~2.5 min: Table 1's 4 rows + Figure 3's 7 activations
                                              # (10 runs of 11-17 s on 2 cores)
     python 03_adv_train.py --act silu        # narrow: one activation;  --smooth-grad both: one Table 1 row
-    python 03_adv_train.py --seeds 3         # seeds 0, 1, 2 of everything (the README's study, ~10 min)
+    python 03_adv_train.py --seeds 15        # seeds 0..14 of everything (the README's study, ~22 min)
     python 03_adv_train.py --dataset fashionmnist --data /usr/share/datasets/fashion-mnist --act silu
                                              # one CPU core, ~2.5 min (preset 'fashionmnist', 28x28 grey)
     python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
@@ -621,6 +621,8 @@ def configs_from_args(args) -> list:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__
                  and k not in ("act", "smooth_grad", "dataset", "out", "seed", "model")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    if common.SMOKE:   # the command tests (common.SMOKE): two seeds show that a sweep over seeds works
+        seeds = seeds[:2]
     models = args.model or [PRESETS[args.dataset]["model"]]
     out_root = common.check_out_dir(args.out) if args.out else OUT_DIR
     cfgs = []

@@ -33,8 +33,9 @@ RUNS_DIR = "runs"                      # every stage writes under here; see READ
 # Smoke-test mode, for tests/test_readme_commands.py, which runs every command of the README and of the
 # stages' docstrings exactly as written, on tiny generated data, in seconds. With SAT_SMOKE=1 in the
 # environment, every training run (stage 03) is cut to 1 epoch of at most 2 steps on tiny batches and
-# 32-pixel ImageNet crops, and every evaluation (stage 04) to a few images and a few attack steps. The
-# commands, flags, data paths, checkpoints and tables are the real ones; only the amount of work shrinks.
+# 32-pixel ImageNet crops, a sweep to its first two seeds, and every evaluation (stage 04) to a few images
+# and a few attack steps. The commands, flags, data paths, checkpoints and tables are the real ones; only
+# the amount of work shrinks.
 # Never set it for a result: a smoke run learns nothing.
 SMOKE = os.environ.get("SAT_SMOKE", "") not in ("", "0")
 
