@@ -82,7 +82,7 @@ def test_the_commands_are_found():
     assert any(c.startswith("torchrun --nnodes") for c in readme)
     for s in STAGES:
         assert docstring_commands(os.path.join(ROOT, s)), f"no command found in {s}'s docstring"
-    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 3") in COMMANDS   # met there first
+    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 15") in COMMANDS   # met there first
     assert readme_commands("```bash\npython a.py \\\n    --x 1   # note\n# only a comment\n```\n`make b` and `ls`") == \
         ["python a.py --x 1", "make b"]
 
