@@ -646,9 +646,10 @@ def train_logged(job):
     log = os.path.join(common.check_out_dir(cfg.out), "train.log")
     with open(log, "a") as f, redirect_stdout(f):
         train(cfg, **kw, quiet=True)
+    name = run_name(cfg)
     with open(log) as f:
         last = ([line.strip() for line in f if line.strip()] or [""])[-1]
-    return run_name(cfg), time.time() - t, last
+    return name, time.time() - t, last.removeprefix(f"{name}: ")
 
 
 def main(argv=None):
@@ -674,10 +675,11 @@ def main(argv=None):
                 done[i] = (name, sec)
                 print(f"  [{len(done)}/{len(cfgs)}] {name}: {last}", flush=True)
             timings = [done[i] for i in sorted(done)]
-        for cfg in cfgs if jobs == 1 else []:
-            t = time.time()
-            train(cfg, **kw, quiet=args.quiet)
-            timings.append((run_name(cfg), time.time() - t))
+        else:
+            for cfg in cfgs:
+                t = time.time()
+                train(cfg, **kw, quiet=args.quiet)
+                timings.append((run_name(cfg), time.time() - t))
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

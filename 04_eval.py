@@ -194,10 +194,7 @@ def find_checkpoints(root):
 def test_batches(cfg, data_dir, limit, batch_size, workers=4):
     """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
     workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
-    if cfg["dataset"] == "digits":
-        ds = torch.utils.data.TensorDataset(*common.digits_tensors("test"))
-    else:
-        ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
+    ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
     if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
         workers = 0
     if limit:
@@ -497,13 +494,8 @@ def main(argv=None):
     print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
     jobs = min(common.check_jobs(args.jobs, common.cpu_count() if device.type == "cpu" else 1), len(paths))
     t_all = time.time()
-    if jobs > 1:   # one process per checkpoint (common.in_processes); the same numbers as --jobs 1
-        done = common.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs)
-    else:
-        torch.set_num_threads(1)   # as in the workers, so that --jobs 1 and --jobs N agree to the last bit
-        done = ((i, evaluate_job((path, args, device))) for i, path in enumerate(paths))
-    results = [None] * len(paths)
-    for i, (r, cached, sec) in done:
+    results = [None] * len(paths)   # one process per checkpoint (common.in_processes); the same numbers as --jobs 1
+    for i, (r, cached, sec) in common.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):
         results[i] = r
         print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
               f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "

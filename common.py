@@ -111,9 +111,14 @@ def in_processes(fn, items, jobs: int):
     torch threads per process spin-wait on each other when the other core is busy (a 10x slow-down measured
     here), while two one-thread processes each keep a core busy. 'spawn' starts each worker as a fresh Python
     (fork after torch has started threads can hang). An exception in fn (a UserError, say) reaches the caller.
-    fn must be a module-level function; fn and items must pickle."""
+    fn must be a module-level function; fn and items must pickle. jobs=1 runs them here, in this process, set to
+    one thread too, so that --jobs 1 and --jobs N agree to the last bit."""
     import concurrent.futures
     import multiprocessing
+    if jobs == 1:
+        torch.set_num_threads(1)
+        yield from ((i, fn(item)) for i, item in enumerate(items))
+        return
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}

@@ -30,10 +30,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = os.path.join(common.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
     short = {"epochs": args.epochs, "milestones": [args.epochs - 1] if args.epochs > 1 else []} if args.epochs else {}
-    if args.dataset == "digits":
-        x, y = common.digits_tensors("test")
-    else:
-        x, y = common.get_dataset(args.dataset, "test", args.data).tensors
+    x, y = common.get_dataset(args.dataset, "test", args.data).tensors   # digits, fashionmnist: in-memory tensors
     x, y = (x[:args.limit], y[:args.limit]) if args.limit else (x, y)
     print(f"{'eps/255':>7} {'act':>6} {'clean':>7} {'PGD-50':>7} {'train s':>8}   ({len(y)} test images)")
     for eps_px in args.eps:
