@@ -4,7 +4,8 @@ The default eps must leave robust accuracy neither near 0% nor near the clean ac
 difference between activations can show. Run:
     python benchmarks/eps_study.py          # digits, eps 8..64/255 (~3 min on 2 CPU cores)
     python benchmarks/eps_study.py --dataset fashionmnist --data /usr/share/datasets/fashion-mnist \\
-        --eps 12.75 25.5 51 --epochs 3 --limit 1000   # short runs, first 1000 test images (~8 min, 1 core)
+        --eps 12.75 25.5 51 --epochs 3 --limit 1000 --attack-steps 1   # short PGD-1 runs, first 1000 test
+                                                                        # images (~8 min, 1 core)
 """
 import importlib
 import os
@@ -27,16 +28,21 @@ def main(argv=None):
     p.add_argument("--act", nargs="+", default=["relu", "silu"])
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (milestones: the last epoch)")
     p.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")
+    p.add_argument("--attack-steps", type=int, default=None, help="PGD-k training (default: the preset's)")
     args = p.parse_args(argv)
     out = os.path.join(common.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
     short = {"epochs": args.epochs, "milestones": [args.epochs - 1] if args.epochs > 1 else []} if args.epochs else {}
+    if args.attack_steps is not None:
+        short["attack_steps"] = args.attack_steps
+    train_mod.preset_config(args.dataset, **short)   # bad settings: one error line before any work
     x, y = common.get_dataset(args.dataset, "test", args.data).tensors   # digits, fashionmnist: in-memory tensors
     x, y = (x[:args.limit], y[:args.limit]) if args.limit else (x, y)
     print(f"{'eps/255':>7} {'act':>6} {'clean':>7} {'PGD-50':>7} {'train s':>8}   ({len(y)} test images)")
     for eps_px in args.eps:
         for act in args.act:
             cfg = train_mod.preset_config(args.dataset, act=act, eps=float(eps_px), data=args.data, **short,
-                                          out=os.path.join(out, f"eps{eps_px:g}_{act}" + (f"_e{args.epochs}" if args.epochs else "")))
+                                          out=os.path.join(out, f"eps{eps_px:g}_{act}" + (f"_e{args.epochs}" if args.epochs else "")
+                                                   + (f"_k{args.attack_steps}" if args.attack_steps else "")))
             path = train_mod.train(cfg, quiet=True)
             model, ckpt = common.model_from_checkpoint(path)
             eps = attack.px(eps_px)

@@ -87,7 +87,8 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     common.run_cli(stage("03_adv_train").main, train_args)
     ckpt = common.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
     cfg = ckpt["config"]
-    assert (cfg["model"], cfg["eps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == ("fashionnet", 25.5, 31.875, 10, 1)
+    assert (cfg["model"], cfg["eps"], cfg["attack_steps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == \
+        ("fashionnet", 25.5, 2, 31.875, 10, 1)
     assert len(ckpt["metrics"]["history"]) == 1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
     assert "3 steps/epoch" in capsys.readouterr().out   # 24 training images in batches of 8
     common.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
@@ -99,8 +100,12 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
 
 
 def test_preset_step_follows_eps_unless_given():
-    """The preset's PGD-1 step is 1.25 x eps (Wong et al. 2020), also for another --eps; --attack-step wins."""
+    """The preset trains with PGD-2 of step 1.25 x eps (2.5 x eps / k), also for another --eps; --attack-step
+    and --attack-steps win; digits keeps the paper's PGD-1."""
     train_mod = stage("03_adv_train")
+    assert train_mod.preset_config("fashionmnist").attack_steps == 2
+    assert train_mod.preset_config("fashionmnist", attack_steps=1).attack_steps == 1
+    assert train_mod.preset_config("digits").attack_steps == 1
     assert train_mod.preset_config("fashionmnist").attack_step == 1.25 * 25.5
     assert train_mod.preset_config("fashionmnist", eps=51.0).attack_step == 1.25 * 51
     assert train_mod.preset_config("fashionmnist", attack_step=10.0).attack_step == 10.0
