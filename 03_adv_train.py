@@ -16,7 +16,7 @@ Run it:
     python 03_adv_train.py --act silu        # narrow: one activation;  --smooth-grad both: one Table 1 row
     python 03_adv_train.py --seeds 15        # seeds 0..14 of everything (the README's study, ~22 min)
     python 03_adv_train.py --dataset fashionmnist --data /usr/share/datasets/fashion-mnist --act silu
-                                             # one CPU core, ~3.5 min (preset 'fashionmnist', 28x28 grey)
+                                             # one CPU core, ~4 min (preset 'fashionmnist', 28x28 grey)
     python 03_adv_train.py --dataset cifar10 --data data --download --act silu          # one GPU, ~ResNet-18
     torchrun --nproc_per_node 8 03_adv_train.py --dataset imagenet --data /path/to/imagenet --act silu
                                              # the paper's ResNet-50 recipe (preset 'imagenet')
@@ -120,9 +120,9 @@ PRESETS = {
                     weight_decay=5e-4, warmup_epochs=5.0, milestones=[50, 75], label_smoothing=0.0,
                     check_size=1000, workers=4),
     # fashionmnist: eps 0.1 (25.5/255), the usual choice in the Fashion-MNIST literature; fashionnet (DigitsNet
-    # with a stride-2 stem, 19.7k parameters); no augmentation; one thread: a run takes ~3.5 min on one CPU core
-    # (10 epochs of ~21 s, README). DEVIATION from the paper's PGD-1 with step = eps: PGD-2, step 1.25 x eps each
-    # (the usual 2.5 x eps / k), from a random start. With PGD-1 the training overfitted its own attack here
+    # with a stride-2 stem, 19.7k parameters); no augmentation; one thread: a run takes 3.6-5.3 min on one CPU
+    # core (10 epochs of 20-39 s, the other core busy; README). DEVIATION from the paper's PGD-1 with step = eps:
+    # PGD-2, step 1.25 x eps each (the usual 2.5 x eps / k), from a random start. With PGD-1 the training overfitted its own attack here
     # (seed 0, first 500 test images, worst case of stage 04: step eps 40.4%; step 1.25 x eps, Wong et al. 2020's
     # single-step recipe, 62.2% for ReLU but 29.8% for SiLU, whose PGD-10 check fell while training accuracy rose):
     # PGD-1 compared the activations' catastrophic overfitting, not SAT. --attack-steps 1 gives it back.
