@@ -122,10 +122,11 @@ PRESETS = {
     # fashionmnist: eps 0.1 (25.5/255), the usual choice in the Fashion-MNIST literature; fashionnet (DigitsNet
     # with a stride-2 stem, 19.7k parameters); no augmentation; one thread: a run takes 3.6-5.3 min on one CPU
     # core (10 epochs of 20-39 s, the other core busy; README). DEVIATION from the paper's PGD-1 with step = eps:
-    # PGD-2, step 1.25 x eps each (the usual 2.5 x eps / k), from a random start. With PGD-1 the training overfitted its own attack here
-    # (seed 0, first 500 test images, worst case of stage 04: step eps 40.4%; step 1.25 x eps, Wong et al. 2020's
-    # single-step recipe, 62.2% for ReLU but 29.8% for SiLU, whose PGD-10 check fell while training accuracy rose):
-    # PGD-1 compared the activations' catastrophic overfitting, not SAT. --attack-steps 1 gives it back.
+    # PGD-2, step 1.25 x eps each (the usual 2.5 x eps / k), from a random start. With PGD-1 the training
+    # overfitted its own attack here (seed 0, first 500 test images, worst case of stage 04: step eps 40.4%;
+    # step 1.25 x eps, Wong et al. 2020's single-step recipe, 62.2% for ReLU but 29.8% for SiLU, whose PGD-10
+    # check fell while training accuracy rose): PGD-1 compared the activations' catastrophic overfitting, not
+    # SAT. --attack-steps 1 gives it back.
     "fashionmnist": dict(model="fashionnet", eps=attack.EPS_PX["fashionmnist"], attack_steps=2, step_x_eps=1.25, epochs=10, batch_size=128,
                          lr_per_256=0.2, weight_decay=5e-4, warmup_epochs=1.0, milestones=[6, 9], label_smoothing=0.0,
                          check_size=1000, threads=1),

@@ -309,9 +309,13 @@ def verdict(lo, hi, margin=MARGIN):
 
 
 def compare_with_relu(results):
-    """Every configuration against plain ReLU (same data set, eps and test images, PGD-1 training): the
+    """Every configuration against plain ReLU (same data set, eps and test images, adversarial training): the
     activations of Figure 3 and the smooth-backward rows of Table 1. One row per configuration."""
     import numpy as np
+
+    def grid(runs, k):   # (seeds, images): which test images each run got right, by metric k
+        return np.array([[c == "1" for c in r["per_image"][k]] for r in runs])
+
     groups = {}
     for r in results:
         if r["train_attack"] != "none" and "per_image" in r:
@@ -327,8 +331,7 @@ def compare_with_relu(results):
             row = {"configuration": label, "vs": f"{dataset} relu", "eps": f"{eps_px:g}/255", "n_test": n,
                    "seeds": f"{len(rs)} vs {len(ref)}"}
             for k in COMPARED:
-                grid = lambda runs: np.array([[c == "1" for c in r["per_image"][k]] for r in runs])   # noqa: E731
-                d, lo, hi = bootstrap_diff(grid(rs), grid(ref))
+                d, lo, hi = bootstrap_diff(grid(rs, k), grid(ref, k))
                 row[k] = (d, lo, hi, verdict(lo, hi) if len(rs) > 1 and len(ref) > 1 else "one seed: no verdict")
             paper, paper_relu = paper_numbers(rs[0]["act"], rs[0]["smooth_grad"]), PAPER_TABLE1["none"]
             row["paper"] = f"{paper[1] - paper_relu[1]:+.1f} (ImageNet PGD-200)" if paper else ""
@@ -472,7 +475,7 @@ def main(argv=None):
     common.check_number("--batch-size", args.batch_size, 1, math.inf)
     common.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
     common.check_number("--square-queries", args.square_queries, 1, 1_000_000)
-    common.check_jobs(args.jobs, 1)
+    common.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
     if args.eps is not None:
         attack.check_px("--eps", args.eps)
     if common.SMOKE:   # the command tests (common.SMOKE): a few images, a few steps of each attack
@@ -492,7 +495,7 @@ def main(argv=None):
           f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
           + (", AutoAttack" if args.autoattack else ""))
     print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
-    jobs = min(common.check_jobs(args.jobs, common.cpu_count() if device.type == "cpu" else 1), len(paths))
+    jobs = min(args.jobs or (common.cpu_count() if device.type == "cpu" else 1), len(paths))
     t_all = time.time()
     results = [None] * len(paths)   # one process per checkpoint (common.in_processes); the same numbers as --jobs 1
     for i, (r, cached, sec) in common.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):

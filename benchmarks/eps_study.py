@@ -31,18 +31,23 @@ def main(argv=None):
     p.add_argument("--attack-steps", type=int, default=None, help="PGD-k training (default: the preset's)")
     args = p.parse_args(argv)
     out = os.path.join(common.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
-    short = {"epochs": args.epochs, "milestones": [args.epochs - 1] if args.epochs > 1 else []} if args.epochs else {}
+    # the preset, with shorter runs (--epochs) or another training attack (--attack-steps) if asked; each such
+    # variant trains into folders of its own (suffix), so that it never overwrites the preset's runs
+    overrides, suffix = {}, ""
+    if args.epochs:
+        overrides.update(epochs=args.epochs, milestones=[args.epochs - 1] if args.epochs > 1 else [])
+        suffix += f"_e{args.epochs}"
     if args.attack_steps is not None:
-        short["attack_steps"] = args.attack_steps
-    train_mod.preset_config(args.dataset, **short)   # bad settings: one error line before any work
+        overrides["attack_steps"] = args.attack_steps
+        suffix += f"_k{args.attack_steps}"
+    train_mod.preset_config(args.dataset, **overrides)   # bad settings: one error line before any work
     x, y = common.get_dataset(args.dataset, "test", args.data).tensors   # digits, fashionmnist: in-memory tensors
     x, y = (x[:args.limit], y[:args.limit]) if args.limit else (x, y)
     print(f"{'eps/255':>7} {'act':>6} {'clean':>7} {'PGD-50':>7} {'train s':>8}   ({len(y)} test images)")
     for eps_px in args.eps:
         for act in args.act:
-            cfg = train_mod.preset_config(args.dataset, act=act, eps=float(eps_px), data=args.data, **short,
-                                          out=os.path.join(out, f"eps{eps_px:g}_{act}" + (f"_e{args.epochs}" if args.epochs else "")
-                                                   + (f"_k{args.attack_steps}" if args.attack_steps else "")))
+            cfg = train_mod.preset_config(args.dataset, act=act, eps=float(eps_px), data=args.data, **overrides,
+                                          out=os.path.join(out, f"eps{eps_px:g}_{act}{suffix}"))
             path = train_mod.train(cfg, quiet=True)
             model, ckpt = common.model_from_checkpoint(path)
             eps = attack.px(eps_px)
