@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common   # one-line errors and the output-folder check of main(); the activations need torch only
+import sat_plumbing
 
 # ----------------------------------------------------------------------------------------------------
 # Settings
@@ -432,7 +432,7 @@ def draw_figure2(path: str):
 
 
 def main(argv=None):
-    parser = common.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = sat_plumbing.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--act", default=None, help=f"show one activation only; one of {', '.join(ACTIVATIONS)}")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
     args = parser.parse_args(argv)
@@ -440,8 +440,8 @@ def main(argv=None):
         try:
             check_activation_name(args.act)
         except ValueError as e:
-            raise common.UserError(str(e))
-    common.check_out_dir(args.out)
+            raise sat_plumbing.UserError(str(e))
+    sat_plumbing.check_out_dir(args.out)
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
@@ -464,4 +464,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    sat_plumbing.run_cli(main)

@@ -50,12 +50,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import common
+import sat_data
+import sat_models
+import sat_plumbing
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 
-OUT_DIR = os.path.join(common.RUNS_DIR, "03_adv_train")
+OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "03_adv_train")
 SMOOTH_GRAD_MODES = ("none", "attacker", "optimizer", "both")
 ATTACKS = ("pgd", "none")
 
@@ -149,7 +151,7 @@ def preset_config(dataset="digits", **overrides) -> Config:
     """The preset of `dataset` with `overrides` on top. A preset's step_x_eps sets the attack step to that
     multiple of eps (of the overridden eps too), unless attack_step is given."""
     if dataset not in PRESETS:
-        raise common.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
+        raise sat_plumbing.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
     settings = {"dataset": dataset, **PRESETS[dataset], **overrides}
     step_x_eps = settings.pop("step_x_eps", None)
     if step_x_eps and not settings.get("attack_step"):
@@ -171,9 +173,9 @@ def check_act_and_mode(act: str, smooth_grad: str):
     try:
         acts.check_activation_name(act)
     except ValueError as e:
-        raise common.UserError(str(e))
+        raise sat_plumbing.UserError(str(e))
     if smooth_grad not in SMOOTH_GRAD_MODES:
-        raise common.UserError(f"unknown --smooth-grad {smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
+        raise sat_plumbing.UserError(f"unknown --smooth-grad {smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
 
 
 # Every numeric setting's accepted range: (lowest, highest[, lowest excluded]). NaN and infinity never pass.
@@ -188,22 +190,22 @@ RANGES = {
 
 def validate(cfg: Config) -> Config:
     """Every bad setting is one UserError line naming the value and what is accepted."""
-    if cfg.dataset not in common.DATASETS:
-        raise common.UserError(f"unknown dataset {cfg.dataset!r}; accepted: {', '.join(common.DATASETS)}")
+    if cfg.dataset not in sat_data.DATASETS:
+        raise sat_plumbing.UserError(f"unknown dataset {cfg.dataset!r}; accepted: {', '.join(sat_data.DATASETS)}")
     check_act_and_mode(cfg.act, cfg.smooth_grad)
     if cfg.smooth_grad != "none" and cfg.act != "relu":
-        raise common.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
+        raise sat_plumbing.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
     if cfg.attack not in ATTACKS:
-        raise common.UserError(f"unknown --attack {cfg.attack!r}; accepted: {', '.join(ATTACKS)}")
+        raise sat_plumbing.UserError(f"unknown --attack {cfg.attack!r}; accepted: {', '.join(ATTACKS)}")
     attack.check_px("--eps", cfg.eps)
     attack.check_px("--attack-step", cfg.attack_step, zero_ok=True)
     for name, (lo, hi, *lo_open) in RANGES.items():
-        common.check_number("--" + name.replace("_", "-"), getattr(cfg, name), lo, hi, bool(lo_open))
+        sat_plumbing.check_number("--" + name.replace("_", "-"), getattr(cfg, name), lo, hi, bool(lo_open))
     for m in cfg.milestones:
-        common.check_number("--milestones", m, 1, RANGES["epochs"][1])
+        sat_plumbing.check_number("--milestones", m, 1, RANGES["epochs"][1])
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
-        raise common.UserError(f"unknown --amp {cfg.amp!r}; accepted: auto, bf16, fp16, off")
-    common.check_model_name(cfg.model, cfg.dataset)
+        raise sat_plumbing.UserError(f"unknown --amp {cfg.amp!r}; accepted: auto, bf16, fp16, off")
+    sat_models.check_model_name(cfg.model, cfg.dataset)
     return cfg
 
 
@@ -256,7 +258,7 @@ def restart_safe_store(rank):
     read the dead workers' addresses (seen with torch 2.14 and gloo: 'Connection refused', the job fails)."""
     from datetime import timedelta
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise common.UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: start several processes with torchrun")
+        raise sat_plumbing.UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: start several processes with torchrun")
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"   # torchrun hosts the store itself
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=rank == 0 and not agent_store,
                           timeout=timedelta(minutes=30))
@@ -307,13 +309,6 @@ def evaluate_check(model, x, y, eps, autocast):
 COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd10_acc", "seconds"]
 
 
-def smoke_shrink(cfg: Config, world: int) -> Config:
-    """SAT_SMOKE=1 (see common.SMOKE): the same run cut to 1 epoch of 2 tiny batches, for the command tests."""
-    return dataclasses.replace(cfg, epochs=1, steps_per_epoch=2, batch_size=min(cfg.batch_size, 4 * world),
-                               image_size=min(cfg.image_size, 32), check_size=min(cfg.check_size, 8),
-                               workers=min(cfg.workers, 1), warmup_epochs=0.0, milestones=[])
-
-
 class EpochSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler (its shuffle depends only on the seed and the epoch, so a resumed run sees the
     same batches as an uninterrupted one) that serves samples [first, last) of this process's epoch: a run
@@ -338,11 +333,10 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     from tqdm import tqdm
     cfg = validate(cfg)
     rank, world, local_rank = dist_info()
-    if common.SMOKE:
-        cfg = smoke_shrink(cfg, world)
+    cfg = Config(**sat_plumbing.smoke_settings("train", dataclasses.asdict(cfg)))   # SAT_SMOKE=1: seconds of work
     if cfg.batch_size % world:
-        raise common.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {world} processes")
-    device = common.pick_device(cfg.device)
+        raise sat_plumbing.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {world} processes")
+    device = sat_plumbing.pick_device(cfg.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -350,36 +344,36 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     ckpt_path, final_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "final.pt")
     say = print if rank == 0 else (lambda *a, **k: None)
     if rank == 0:
-        common.check_out_dir(run_dir)
+        sat_plumbing.check_out_dir(run_dir)
 
     # Decide between a fresh start, a resume and a skip BEFORE anything is written.
     state = None
     if os.path.isfile(final_path) and not force:
-        done = common.load_checkpoint(final_path)["config"]
+        done = sat_plumbing.load_checkpoint(final_path)["config"]
         diff = [f"{k} {done.get(k)!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS if done.get(k) != getattr(cfg, k)]
         if diff:
-            raise common.UserError(f"{final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
+            raise sat_plumbing.UserError(f"{final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
         say(f"{run_name(cfg)}: finished already ({final_path}); --force retrains it")
         return final_path
     if resume and os.path.isfile(ckpt_path):
-        state = common.load_checkpoint(ckpt_path)     # corrupt / foreign: one line, exit 2, the file kept
+        state = sat_plumbing.load_checkpoint(ckpt_path)     # corrupt / foreign: one line, exit 2, the file kept
         if state.get("kind") != "train":
-            raise common.UserError(f"{ckpt_path!r} is not a training checkpoint of stage 03")
+            raise sat_plumbing.UserError(f"{ckpt_path!r} is not a training checkpoint of stage 03")
         cfg = Config(**state["config"])               # a resumed run keeps its own settings
     elif resume:
         say(f"{run_name(cfg)}: no checkpoint at {ckpt_path} yet, starting from scratch")
     elif os.path.isfile(ckpt_path) and not force:
-        raise common.UserError(f"{ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
+        raise sat_plumbing.UserError(f"{ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
     if rank == 0:
-        common.remove_stale_temporaries(run_dir)      # left by a process killed while writing a checkpoint
+        sat_plumbing.remove_stale_temporaries(run_dir)      # left by a process killed while writing a checkpoint
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Data
-    common.seed_everything(cfg.seed)
-    train_ds = common.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
-    test_ds = common.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
-    cfg.num_classes = common.num_classes_of(cfg.dataset, train_ds)
+    sat_plumbing.seed_everything(cfg.seed)
+    train_ds = sat_data.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
+    test_ds = sat_data.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
+    cfg.num_classes = sat_data.num_classes_of(cfg.dataset, train_ds)
     # DistributedSampler also for one process: the shuffle depends only on (seed, epoch), so a resumed run
     # sees the same batches as an uninterrupted one
     sampler = EpochSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -389,13 +383,13 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
                                          drop_last=True, persistent_workers=cfg.workers > 0)
     steps_per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
     if steps_per_epoch == 0:
-        raise common.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {per_batch}")
+        raise sat_plumbing.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {per_batch}")
     n_check = min(cfg.check_size, len(test_ds))
     check = torch.utils.data.DataLoader(torch.utils.data.Subset(test_ds, range(n_check)), batch_size=n_check)
     x_check, y_check = (t.to(device) for t in next(iter(check)))
 
     # Model, optimizer, schedule
-    model = common.build_model(dataclasses.asdict(cfg)).to(device)
+    model = sat_models.build_model(dataclasses.asdict(cfg)).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
@@ -410,7 +404,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
             scaler.load_state_dict(state["scaler"])
         start_epoch, history = state["epoch"], list(state["metrics"]["history"])
         partial = state.get("partial")               # set when written in the middle of an epoch
-        common.set_rng_state(state["rng"])
+        sat_plumbing.set_rng_state(state["rng"])
         say(f"{run_name(cfg)}: resumed from {ckpt_path} after epoch {start_epoch}"
             + (f" and {partial['step']} steps of epoch {start_epoch + 1}" if partial else ""))
     bare = model
@@ -436,7 +430,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         Called by every process (the BN statistics of all are gathered); rank 0 writes the result."""
         return {"kind": "train", "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(cfg), "rng": common.rng_state(),
+                "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(cfg), "rng": sat_plumbing.rng_state(),
                 "rank_buffers": gather_buffers(bare, world),
                 "metrics": {"history": history, "catastrophic_overfitting_epoch": co_epoch}}
     say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
@@ -455,7 +449,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         t0 = time.time() - (partial["seconds"] if partial else 0.0)
         batches = iter(loader)   # draws the loader's seed from the global RNG, as the uninterrupted run did ...
         if partial:              # ... which had then trained `done` steps: continue from the RNG as it was then
-            common.set_rng_state(state["rng"])
+            sat_plumbing.set_rng_state(state["rng"])
         partial = None
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet or rank != 0,
                    initial=done, total=steps_per_epoch)
@@ -479,7 +473,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
                 mid = checkpoint(epoch, {"step": i + 1, "loss_sum": loss_sum.item(), "correct": correct.item(),
                                          "seen": seen, "seconds": time.time() - t0})
                 if rank == 0:
-                    common.save_checkpoint(mid, ckpt_path)
+                    sat_plumbing.save_checkpoint(mid, ckpt_path)
         check_clean, check_pgd10 = evaluate_check(bare, x_check, y_check, eps, autocast)
         row = dict(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], loss=loss_sum.item() / seen,
                    train_adv_acc=correct.item() / seen, check_clean_acc=check_clean,
@@ -496,13 +490,13 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
             f"{100 * check_clean:>8.1f}% {100 * check_pgd10:>8.1f}% {row['seconds']:>6.1f}{flag}")
         ckpt = checkpoint(epoch + 1)
         if rank == 0:
-            common.save_checkpoint(ckpt, ckpt_path)
+            sat_plumbing.save_checkpoint(ckpt, ckpt_path)
             write_csv(os.path.join(run_dir, "log.csv"), history)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
             say(f"{run_name(cfg)}: stopping after epoch {epoch + 1} as asked (--stop-after-epoch); --resume continues")
             return ckpt_path
     if rank == 0:
-        common.save_checkpoint({**ckpt, "finished": True}, final_path)
+        sat_plumbing.save_checkpoint({**ckpt, "finished": True}, final_path)
         total = sum(r["seconds"] for r in history)
         say(f"{run_name(cfg)}: done in {total:.1f} s -> {final_path}"
             + (f"  (catastrophic overfitting flagged at epoch {co_epoch})" if co_epoch else ""))
@@ -555,8 +549,8 @@ def write_csv(path, history):
 # Command line: a sweep of configurations (default: everything the paper compares, on digits, seed 0)
 
 def parse_args(argv=None):
-    p = common.ArgumentParser(description="(Smooth) adversarial training; see the module docstring.")
-    p.add_argument("--dataset", default="digits", help=f"one of {', '.join(common.DATASETS)}")
+    p = sat_plumbing.ArgumentParser(description="(Smooth) adversarial training; see the module docstring.")
+    p.add_argument("--dataset", default="digits", help=f"one of {', '.join(sat_data.DATASETS)}")
     p.add_argument("--data", default=None, help="folder of cifar10 / fashionmnist / imagenet (default: data)")
     p.add_argument("--download", action="store_true", help="cifar10, fashionmnist: download into --data if missing")
     p.add_argument("--model", nargs="+", default=None, help="digitsnet | fashionnet | cifar_resnet18 | torchvision names (resnet50 resnet101 ...)")
@@ -600,7 +594,7 @@ def parse_args(argv=None):
 def configs_from_args(args) -> list:
     """The list of Configs the command line asks for: the sweep, narrowed by --act / --smooth-grad."""
     if args.dataset not in PRESETS:
-        raise common.UserError(f"unknown dataset {args.dataset!r}; accepted: {', '.join(PRESETS)}")
+        raise sat_plumbing.UserError(f"unknown dataset {args.dataset!r}; accepted: {', '.join(PRESETS)}")
     # names are checked here, before the sweep is narrowed: an unknown one would silently select nothing
     for a in args.act or []:
         check_act_and_mode(a, "none")
@@ -608,30 +602,29 @@ def configs_from_args(args) -> list:
         check_act_and_mode("relu", m)
     smooth_modes = [m for m in args.smooth_grad or [] if m != "none"]   # 'none' suits every activation
     if smooth_modes and args.act and "relu" not in args.act:
-        raise common.UserError(f"--smooth-grad {' '.join(smooth_modes)} applies to --act relu only, not {' '.join(args.act)}")
-    common.check_number("--seeds", args.seeds, 1, 100_000)
+        raise sat_plumbing.UserError(f"--smooth-grad {' '.join(smooth_modes)} applies to --act relu only, not {' '.join(args.act)}")
+    sat_plumbing.check_number("--seeds", args.seeds, 1, 100_000)
     if args.seed is not None:
-        common.check_number("--seed", args.seed, *RANGES["seed"])
+        sat_plumbing.check_number("--seed", args.seed, *RANGES["seed"])
     if args.stop_after_epoch is not None:
-        common.check_number("--stop-after-epoch", args.stop_after_epoch, 1, RANGES["epochs"][1])
+        sat_plumbing.check_number("--stop-after-epoch", args.stop_after_epoch, 1, RANGES["epochs"][1])
     sweep = [(a, m) for a, m in SWEEP if (args.act is None or a in args.act)
              and (args.smooth_grad is None or m in args.smooth_grad)]
     if args.attack == "none":       # standard training: the smooth-backward rows do not apply
         sweep = [(a, m) for a, m in sweep if m == "none"]
     if not sweep:
-        raise common.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
+        raise sat_plumbing.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__
                  and k not in ("act", "smooth_grad", "dataset", "out", "seed", "model")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-    if common.SMOKE:   # the command tests (common.SMOKE): two seeds show that a sweep over seeds works
-        seeds = seeds[:2]
+    seeds = sat_plumbing.smoke_settings("train", {"seeds": seeds})["seeds"]   # SAT_SMOKE=1: two show a sweep works
     models = args.model or [PRESETS[args.dataset]["model"]]
-    out_root = common.check_out_dir(args.out) if args.out else OUT_DIR
+    out_root = sat_plumbing.check_out_dir(args.out) if args.out else OUT_DIR
     cfgs = []
     for model in models:
         size = {}
         if args.dataset == "imagenet" and args.image_size is None:   # each model at its usual resolution
-            size = {"image_size": common.usual_image_size(common.check_model_name(model, args.dataset))}
+            size = {"image_size": sat_models.usual_image_size(sat_models.check_model_name(model, args.dataset))}
         for seed in seeds:
             for a, m in sweep:
                 cfg = preset_config(args.dataset, model=model, act=a, smooth_grad=m, seed=seed, **size, **overrides)
@@ -645,7 +638,7 @@ def train_logged(job):
     Returns (run name, seconds, the log's last line)."""
     cfg, kw = job
     t = time.time()
-    log = os.path.join(common.check_out_dir(cfg.out), "train.log")
+    log = os.path.join(sat_plumbing.check_out_dir(cfg.out), "train.log")
     with open(log, "a") as f, redirect_stdout(f):
         train(cfg, **kw, quiet=True)
     name = run_name(cfg)
@@ -658,9 +651,9 @@ def main(argv=None):
     args = parse_args(argv)
     cfgs = configs_from_args(args)
     rank, world, _ = dist_info()
-    jobs = common.check_jobs(args.jobs, 1 if world > 1 else common.cpu_count())
+    jobs = sat_plumbing.check_jobs(args.jobs, 1 if world > 1 else sat_plumbing.cpu_count())
     if world > 1 and jobs > 1:
-        raise common.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
+        raise sat_plumbing.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
     jobs = min(jobs, len(cfgs))
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfgs[0].device != "cpu" else "gloo"
@@ -669,11 +662,11 @@ def main(argv=None):
     timings = []
     kw = dict(resume=args.resume, force=args.force, stop_after_epoch=args.stop_after_epoch)
     try:
-        if jobs > 1:   # one process per run (common.in_processes); results identical to --jobs 1
+        if jobs > 1:   # one process per run (sat_plumbing.in_processes); results identical to --jobs 1
             print(f"{len(cfgs)} runs, {jobs} at a time (one process and one torch thread each); "
                   f"each run's printout goes to its train.log")
             done = {}
-            for i, (name, sec, last) in common.in_processes(train_logged, [(cfg, kw) for cfg in cfgs], jobs):
+            for i, (name, sec, last) in sat_plumbing.in_processes(train_logged, [(cfg, kw) for cfg in cfgs], jobs):
                 done[i] = (name, sec)
                 print(f"  [{len(done)}/{len(cfgs)}] {name}: {last}", flush=True)
             timings = [done[i] for i in sorted(done)]
@@ -695,4 +688,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    sat_plumbing.run_cli(main)

@@ -46,12 +46,14 @@ import time
 
 import torch
 
-import common
+import sat_data
+import sat_models
+import sat_plumbing
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 
-OUT_DIR = os.path.join(common.RUNS_DIR, "04_eval")
+OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "04_eval")
 PGD_STEPS = [1, 10, 50, 200]            # the steps check; 200 is the paper's evaluation attacker
 EPS_FACTORS = [0.5, 1, 2, 4, 8]         # the eps check, PGD-20 at these multiples of the checkpoint's eps
 APGD_STEPS = 100                        # torchattacks APGD iterations (AutoAttack's default is 100)
@@ -87,29 +89,29 @@ def pgd_step(eps, steps):
     return attack.default_step(eps, steps) if steps < 200 else eps / 4
 
 
-def pgd_robust(model, x, y, eps, steps):
+def pgd_robust(model, x, y, eps, steps, max_steps=None):
     """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, random start, step pgd_step).
-    Under SAT_SMOKE=1 (the command tests, see common.SMOKE) every PGD stops after 3 steps."""
-    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), min(steps, 3) if common.SMOKE else steps) == -1
+    max_steps: stop every PGD there (the command tests' SAT_SMOKE=1, see sat_plumbing.smoke_settings)."""
+    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), min(steps, max_steps or steps)) == -1
 
 
-def batch_masks(model, x, y, eps, tas, seed):
+def batch_masks(model, x, y, eps, tas, seed, max_pgd_steps=None):
     """Per-example robust masks of one batch under every attack. tas: name -> torchattacks attack.
     The PGD-k runs share one random start (same seed), so their curve isolates the effect of more steps."""
     masks = {"clean": correct(model, x, y),
              "fgsm": correct(model, attack.pgd(model, x, y, eps, eps, 1, rand_start_prob=0.0), y)}
     for k in PGD_STEPS:
         torch.manual_seed(seed)
-        masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k)
+        masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k, max_pgd_steps)
     for name, atk in tas.items():
         masks[name] = correct(model, atk(x, y), y)
     for f in EPS_FACTORS:   # robust accuracy against eps (PGD-20): the eps check and the figure
-        masks[f"eps_x{f}"] = pgd_robust(model, x, y, min(eps * f, 1.0), 20)
+        masks[f"eps_x{f}"] = pgd_robust(model, x, y, min(eps * f, 1.0), 20, max_pgd_steps)
     return masks
 
 
 def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_queries=SQUARE_QUERIES,
-                     apgd_steps=APGD_STEPS, seed=0, device="cpu"):
+                     apgd_steps=APGD_STEPS, seed=0, device="cpu", max_pgd_steps=None):
     """Every attack on one model, over an iterable of (x, y) batches (a DataLoader, or slices of tensors),
     so a data set never has to fit in memory. x in [0, 1]; eps in [0, 1] units.
     Returns accuracies (fractions), the attack parameters beside them, and the masking flags."""
@@ -134,7 +136,7 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
         params["autoattack"] = f"torchattacks.AutoAttack standard {e}"
     masks = {}
     for i, (x, y) in enumerate(batches):
-        for k, m in batch_masks(model, x.to(device), y.to(device), eps, tas, seed + i).items():
+        for k, m in batch_masks(model, x.to(device), y.to(device), eps, tas, seed + i, max_pgd_steps).items():
             masks.setdefault(k, []).append(m.cpu())
     masks = {k: torch.cat(v) for k, v in masks.items()}
     attacks_run = ["fgsm"] + [f"pgd{k}" for k in PGD_STEPS] + list(tas)
@@ -194,7 +196,7 @@ def find_checkpoints(root):
 def test_batches(cfg, data_dir, limit, batch_size, workers=4):
     """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
     workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
-    ds = common.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
+    ds = sat_data.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
     if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
         workers = 0
     if limit:
@@ -205,20 +207,20 @@ def test_batches(cfg, data_dir, limit, batch_size, workers=4):
 def evaluate_checkpoint(path, args, device):
     """Results dict for one checkpoint, from the cache when the checkpoint and settings are unchanged."""
     key = {"version": 2, "size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
-           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack}
+           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack, "max_pgd_steps": args.max_pgd_steps}
     cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
     if os.path.isfile(cache) and not args.no_cache:
         with open(cache) as f:
             saved = json.load(f)
         if saved.get("key") == key:
             return saved["result"], True
-    model, ckpt = common.model_from_checkpoint(path, device)
+    model, ckpt = sat_models.model_from_checkpoint(path, device)
     cfg = ckpt["config"]
     eps_px = args.eps if args.eps is not None else cfg["eps"]
     eps = attack.px(eps_px)
     batches = test_batches(cfg, args.data, args.limit, args.batch_size)
     res = evaluate_batches(model, batches, eps, cfg["num_classes"], args.autoattack, args.square_queries,
-                           args.apgd_steps, device=device)
+                           args.apgd_steps, device=device, max_pgd_steps=args.max_pgd_steps)
     res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
                act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
                eps_px=eps_px, epochs=ckpt.get("epoch"))
@@ -456,8 +458,8 @@ def draw_figures(rows, results, out_dir):
 
 
 def main(argv=None):
-    p = common.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
-    p.add_argument("--runs", default=common.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
+    p = sat_plumbing.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
+    p.add_argument("--runs", default=sat_plumbing.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
     p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
@@ -471,34 +473,34 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
                    "thread each (default: one per core on the CPU, 1 on a GPU)")
     args = p.parse_args(argv)
-    common.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
-    common.check_number("--batch-size", args.batch_size, 1, math.inf)
-    common.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
-    common.check_number("--square-queries", args.square_queries, 1, 1_000_000)
-    common.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
+    sat_plumbing.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
+    sat_plumbing.check_number("--batch-size", args.batch_size, 1, math.inf)
+    sat_plumbing.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
+    sat_plumbing.check_number("--square-queries", args.square_queries, 1, 1_000_000)
+    sat_plumbing.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
     if args.eps is not None:
         attack.check_px("--eps", args.eps)
-    if common.SMOKE:   # the command tests (common.SMOKE): a few images, a few steps of each attack
-        args.limit, args.apgd_steps, args.square_queries = min(args.limit or 16, 16), 2, 5
+    args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
+    vars(args).update(sat_plumbing.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
     if os.path.isfile(args.runs):
-        raise common.UserError(f"--runs {args.runs!r} is a file; give the folder the stages wrote to (default: runs)")
+        raise sat_plumbing.UserError(f"--runs {args.runs!r} is a file; give the folder the stages wrote to (default: runs)")
     if not os.path.isdir(args.runs):
-        raise common.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
-    common.check_out_dir(args.out)
+        raise sat_plumbing.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
+    sat_plumbing.check_out_dir(args.out)
     paths = find_checkpoints(args.runs)
     if not paths:
-        raise common.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
+        raise sat_plumbing.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
-    device = common.pick_device(args.device)
+    device = sat_plumbing.pick_device(args.device)
     print(f"evaluating {len(paths)} checkpoint(s) on {device}; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} "
           f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
           + (", AutoAttack" if args.autoattack else ""))
     print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
-    jobs = min(args.jobs or (common.cpu_count() if device.type == "cpu" else 1), len(paths))
+    jobs = min(args.jobs or (sat_plumbing.cpu_count() if device.type == "cpu" else 1), len(paths))
     t_all = time.time()
-    results = [None] * len(paths)   # one process per checkpoint (common.in_processes); the same numbers as --jobs 1
-    for i, (r, cached, sec) in common.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):
+    results = [None] * len(paths)   # one process per checkpoint (sat_plumbing.in_processes); the same numbers as --jobs 1
+    for i, (r, cached, sec) in sat_plumbing.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):
         results[i] = r
         print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
               f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
@@ -519,4 +521,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    sat_plumbing.run_cli(main)

@@ -27,13 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
+import sat_plumbing  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-OUT = os.path.join(common.RUNS_DIR, "benchmarks", "activation_cost.csv")
+OUT = os.path.join(sat_plumbing.RUNS_DIR, "benchmarks", "activation_cost.csv")
 TARGET = 1.05
 
 
@@ -44,7 +46,7 @@ def activation_costs(dataset, model_name, x, y, eps_px, repeats, inner, device="
     for act in acts.ACTIVATIONS:
         torch.manual_seed(0)
         cfg = {"dataset": dataset, "model": model_name, "num_classes": 10, "act": act, "image_size": x.shape[-1]}
-        model = common.build_model(cfg).to(device, memory_format=torch.channels_last if device != "cpu" else torch.preserve_format)
+        model = sat_models.build_model(cfg).to(device, memory_format=torch.channels_last if device != "cpu" else torch.preserve_format)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else None
 
@@ -98,7 +100,7 @@ def main():
 
 
 def cpu_costs(args, rows):
-    x, y = common.digits_tensors("train")
+    x, y = sat_data.digits_tensors("train")
     report("digits model (DigitsNet, 20k parameters), batch 64, eps 64/255, CPU",
            activation_costs("digits", "digitsnet", x[:64], y[:64], 64, repeats=5 if args.quick else 15, inner=10), rows)
     xc, yc = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))

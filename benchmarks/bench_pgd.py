@@ -34,7 +34,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchattacks  # noqa: E402
 
-import common  # noqa: E402
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
+import sat_plumbing  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
@@ -96,13 +98,13 @@ def step_timings(name, model, x, y, eps, repeats, inner):
 # b. PGD-200 evaluation: early stopping vs running every image for all 200 steps
 
 def adversarially_trained_digits_model():
-    path = os.path.join(ROOT, common.RUNS_DIR, "03_adv_train", "digits_relu_s0", "final.pt")
+    path = os.path.join(ROOT, sat_plumbing.RUNS_DIR, "03_adv_train", "digits_relu_s0", "final.pt")
     if not os.path.isfile(path):
-        out = os.path.join(ROOT, common.RUNS_DIR, "bench", "digits_relu_adv")
+        out = os.path.join(ROOT, sat_plumbing.RUNS_DIR, "bench", "digits_relu_adv")
         print(f"no {os.path.relpath(path, ROOT)}; training (or reusing) {os.path.relpath(out, ROOT)} ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):   # train() prints its epoch table even when quiet
             path = train_mod.train(train_mod.preset_config("digits", act="relu", out=out), quiet=True)
-    model, ckpt = common.model_from_checkpoint(path)
+    model, ckpt = sat_models.model_from_checkpoint(path)
     print(f"model: {os.path.relpath(path, ROOT)} (trained at eps {ckpt['config']['eps']:g}/255)")
     return model, ckpt
 
@@ -149,17 +151,17 @@ def main():
     reps = 3 if args.quick else 7
 
     print("a. one PGD step vs one training step (CPU, 2 threads)")
-    resnet = torch.nn.Sequential(common.Normalize((0.5,) * 3, (0.25,) * 3), common.cifar_resnet18())
+    resnet = torch.nn.Sequential(sat_models.Normalize((0.5,) * 3, (0.25,) * 3), sat_models.cifar_resnet18())
     x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
     step_timings("CIFAR ResNet-18, eps 8/255", resnet, x, y, attack.px(8), reps, inner=1)
 
-    digits = torch.nn.Sequential(common.Normalize((0.3,), (0.4,)), common.DigitsNet(16))
-    x, y = common.digits_tensors("train")
+    digits = torch.nn.Sequential(sat_models.Normalize((0.3,), (0.4,)), sat_models.DigitsNet(16))
+    x, y = sat_data.digits_tensors("train")
     step_timings("DigitsNet(16), eps 64/255", digits, x[:64], y[:64], attack.px(64), reps, inner=50)
 
     print("\nb. PGD-200 evaluation, step eps/4, random start, 500 digits test images")
     model, ckpt = adversarially_trained_digits_model()
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     print(f"{'eps/255':>7} {'ours (s)':>9} {'theirs(s)':>9} {'speedup':>8} {'ideal':>7} {'our acc':>9} {'their acc':>10}")
     train_eps = float(ckpt["config"]["eps"])
     for eps_px in (train_eps, 1.125 * train_eps, 1.25 * train_eps):   # robust accuracy ~50%, ~25%, ~7%

@@ -34,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
@@ -43,7 +44,7 @@ train_mod = importlib.import_module("03_adv_train")
 
 def step_ratio(title, cfg, x, y, repeats, inner):
     """Time adversarial_training_step with steps=1 vs steps=0 on the stage's own model and optimizer."""
-    model = common.build_model(dataclasses.asdict(cfg))   # Sequential(Normalize, net), as train() builds it
+    model = sat_models.build_model(dataclasses.asdict(cfg))   # Sequential(Normalize, net), as train() builds it
     opt = train_mod.make_optimizer(model, cfg)
     eps = attack.px(cfg.eps)
     step = attack.default_step(eps, 1)                     # = eps for PGD-1
@@ -79,7 +80,7 @@ def main():
     torch.manual_seed(0)
 
     print("1. one PGD-1 adversarial training step vs one standard training step (CPU, 2 threads)")
-    x, y = common.digits_tensors("train")
+    x, y = sat_data.digits_tensors("train")
     step_ratio("digits model (DigitsNet 16, relu)", train_mod.preset_config("digits"), x[:64], y[:64],
                repeats=3 if args.quick else 7, inner=20 if args.quick else 50)
     x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))

@@ -14,14 +14,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-import common  # noqa: E402
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
+import sat_plumbing  # noqa: E402
 
 train_mod = importlib.import_module("03_adv_train")
 attack = importlib.import_module("02_pgd")
 
 
 def main(argv=None):
-    p = common.ArgumentParser(description="eps study: ReLU and SiLU trained at several eps, PGD-50 robust accuracy")
+    p = sat_plumbing.ArgumentParser(description="eps study: ReLU and SiLU trained at several eps, PGD-50 robust accuracy")
     p.add_argument("--dataset", default="digits", help="digits | fashionmnist (any preset of stage 03)")
     p.add_argument("--data", default="data", help="data folder (fashionmnist: the one holding its 4 .gz files)")
     p.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32, 48, 64], help="pixel units (8 = 8/255)")
@@ -30,7 +32,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")
     p.add_argument("--attack-steps", type=int, default=None, help="PGD-k training (default: the preset's)")
     args = p.parse_args(argv)
-    out = os.path.join(common.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
+    out = os.path.join(sat_plumbing.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
     # the preset, with shorter runs (--epochs) or another training attack (--attack-steps) if asked; each such
     # variant trains into folders of its own (suffix), so that it never overwrites the preset's runs
     overrides, suffix = {}, ""
@@ -41,7 +43,7 @@ def main(argv=None):
         overrides["attack_steps"] = args.attack_steps
         suffix += f"_k{args.attack_steps}"
     train_mod.preset_config(args.dataset, **overrides)   # bad settings: one error line before any work
-    x, y = common.get_dataset(args.dataset, "test", args.data).tensors   # digits, fashionmnist: in-memory tensors
+    x, y = sat_data.get_dataset(args.dataset, "test", args.data).tensors   # digits, fashionmnist: in-memory tensors
     x, y = (x[:args.limit], y[:args.limit]) if args.limit else (x, y)
     print(f"{'eps/255':>7} {'act':>6} {'clean':>7} {'PGD-50':>7} {'train s':>8}   ({len(y)} test images)")
     for eps_px in args.eps:
@@ -49,7 +51,7 @@ def main(argv=None):
             cfg = train_mod.preset_config(args.dataset, act=act, eps=float(eps_px), data=args.data, **overrides,
                                           out=os.path.join(out, f"eps{eps_px:g}_{act}{suffix}"))
             path = train_mod.train(cfg, quiet=True)
-            model, ckpt = common.model_from_checkpoint(path)
+            model, ckpt = sat_models.model_from_checkpoint(path)
             eps = attack.px(eps_px)
             with torch.no_grad():
                 clean = (model(x).argmax(1) == y).float().mean().item()
@@ -60,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    sat_plumbing.run_cli(main)

@@ -1,15 +1,14 @@
 """The one timing helper the benchmarks share: alternate the compared variants, repeat after repeat."""
 import time
 
-import common
+import sat_plumbing
 
 
 def interleaved(fns, repeats, inner=1, warmup=2):
     """Seconds per call of each function in `fns` (name -> fn). One repeat calls each fn `inner` times in a
     row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings.
-    Under SAT_SMOKE=1 (the README command test, see common.SMOKE) each fn runs once: the figures mean nothing."""
-    if common.SMOKE:
-        repeats, inner, warmup = 1, 1, 0
+    Under SAT_SMOKE=1 (the README command test, see sat_plumbing.smoke_settings) each fn runs once: the figures mean nothing."""
+    repeats, inner, warmup = sat_plumbing.smoke_settings("benchmark", dict(repeats=repeats, inner=inner, warmup=warmup)).values()
     for fn in fns.values():
         for _ in range(warmup):   # first calls pay for allocator growth, kernel selection, lazy init
             fn()

@@ -74,7 +74,7 @@ print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OU
 # %%
 import torch
 import matplotlib.pyplot as plt
-import common
+import sat_models
 attack = nb.stage("02_pgd")   # pgd, pgd_eval, px, default_step, EPS_PX, draw_examples
 
 EPS = attack.px(attack.EPS_PX["digits"])   # 64/255, the digits default, in [0, 1] units
@@ -90,7 +90,7 @@ print(f"{len(y)} test images; eps = {EPS * 255:g}/255 = {EPS:.3f} = {EPS * 16:.1
 # %%
 found = nb.stage_output("02_pgd", "digits_standard", "final.pt")
 if found:
-    standard, _ = common.model_from_checkpoint(found)
+    standard, _ = sat_models.model_from_checkpoint(found)
     print(f"stage 02's standard model: {os.path.relpath(found, ROOT)}")
 else:
     E = nb.size(30, 5)

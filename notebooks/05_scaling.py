@@ -42,7 +42,9 @@ print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OU
 import torch
 import torchattacks
 import matplotlib.pyplot as plt
-import common
+import sat_data
+import sat_models
+import sat_plumbing
 attack = nb.stage("02_pgd")   # pgd_eval, default_step, px, EPS_PX
 EPS = attack.px(attack.EPS_PX["digits"])
 
@@ -70,7 +72,7 @@ params = {}
 for _, tv, *_ in PAPER_SCALING:
     if tv and tv not in params:
         with torch.device("meta"):   # shapes only: no memory, no weight initialisation
-            params[tv] = sum(p.numel() for p in common.torchvision_model(tv, 1000).parameters()) / 1e6
+            params[tv] = sum(p.numel() for p in sat_models.torchvision_model(tv, 1000).parameters()) / 1e6
 nb.table(["model", "params (M)", "input px", "clean %", "robust %", "attack"],
          [[name, f"{params[tv]:.1f}" if tv else "-", px or "-", c, r, a] for name, tv, px, c, r, a in PAPER_SCALING])
 LEFT = {"ResNet-50, SiLU": 4, "ResNet-50, SiLU (released)": -10}   # labels of the crowded ResNet-50 points go left
@@ -103,14 +105,14 @@ rows = []
 for name in FAMILIES:
     try:
         with torch.device("meta"):
-            model = common.torchvision_model(name, 1000, common.usual_image_size(name))
+            model = sat_models.torchvision_model(name, 1000, sat_models.usual_image_size(name))
     except NotImplementedError:   # RegNet's initialisation reads values, which meta tensors do not hold
-        model = common.torchvision_model(name, 1000, common.usual_image_size(name))
+        model = sat_models.torchvision_model(name, 1000, sat_models.usual_image_size(name))
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     replaced = acts.swap_activations(model, "relu")
     left = {type(m).__name__ for m in model.modules() if isinstance(m, acts.RELU_ROLE) and type(m) is not torch.nn.ReLU}
     gates = sum(isinstance(m, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) for m in model.modules())
-    rows.append([name, f"{n_params:.1f}", common.usual_image_size(name),
+    rows.append([name, f"{n_params:.1f}", sat_models.usual_image_size(name),
                  ", ".join(f"{k} x{v}" for k, v in replaced.by_type.items()), gates, ", ".join(left) or "none"])
 nb.table(["model", "params (M)", "usual px", "replaced by ReLU", "gates kept", "other activations left"], rows)
 
@@ -151,7 +153,7 @@ for m in models:
 # %%
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import bench_activations
-xd, yd = common.digits_tensors("train")
+xd, yd = sat_data.digits_tensors("train")
 live = bench_activations.activation_costs("digits", "digitsnet", xd[:64], yd[:64], 64,
                                           repeats=nb.size(5, 2), inner=nb.size(10, 3))
 nb.table(["activation", "ms per step", "x ReLU"], [[a, ms, r] for a, (ms, r, lo, hi) in live.items()], floatfmt="{:.2f}")
@@ -199,7 +201,7 @@ for act in ACTS:
         model, path = nb.train_digits(f"width{w}_{act}_e{E}_s{SEED}", act=act, width=w, epochs=E,
                                       milestones=nb.milestones(E), seed=SEED)
         n_params = sum(p.numel() for p in model.parameters())
-        secs = sum(r["seconds"] for r in common.load_checkpoint(path)["metrics"]["history"])
+        secs = sum(r["seconds"] for r in sat_plumbing.load_checkpoint(path)["metrics"]["history"])
         width_runs[(act, w)] = [n_params, secs] + evaluate(model)
 nb.table(["act", "width", "params", "train s", "clean %", "PGD-50 %", "APGD-CE %", "APGD-DLR %", "worst case %"],
          [[a, w, n, f"{s:.0f}"] + [100 * v for v in vals] for (a, w), (n, s, *vals) in width_runs.items()])

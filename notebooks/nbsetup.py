@@ -32,7 +32,8 @@ QUICK = os.environ.get("SAT_NOTEBOOK_QUICK", "") not in ("", "0")
 # jobs two threads per process can make each attack step 10x slower (threads waiting on each other).
 torch.set_num_threads(1)
 
-import common  # noqa: E402
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
 
 
 def stage(name):
@@ -53,7 +54,7 @@ def stage_output(*parts):
 
 def test_set(n):
     """The first n images of the digits test split: x (n, 1, 8, 8) in [0, 1], y (n,)."""
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     return x[:n], y[:n]
 
 
@@ -79,7 +80,7 @@ def train_digits(name, verbose=False, **overrides):
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             path = train_mod.train(cfg, force=force, quiet=True)
-    model, ckpt = common.model_from_checkpoint(path)
+    model, ckpt = sat_models.model_from_checkpoint(path)
     last = ckpt["metrics"]["history"][-1]
     secs = sum(r["seconds"] for r in ckpt["metrics"]["history"])
     print(f"{name}: {'reused' if reused else 'trained'} {os.path.relpath(path, ROOT)} ({ckpt['epoch']} epochs, {secs:.0f} s); "
@@ -94,7 +95,7 @@ def adv_model(act="relu", smooth_grad="none", epochs=None):
     sg = f"_sg-{smooth_grad}" if smooth_grad != "none" else ""
     found = stage_output("03_adv_train", f"digits_{act}{sg}_s0", "final.pt")
     if found:
-        model, ckpt = common.model_from_checkpoint(found)
+        model, ckpt = sat_models.model_from_checkpoint(found)
         print(f"digits_{act}{sg}: stage 03's run {os.path.relpath(found, ROOT)} ({ckpt['epoch']} epochs)")
         return model, found, "stage 03"
     epochs = epochs or size(30, 5)

@@ -35,9 +35,9 @@ def train_mod():
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory, train_mod):
     """A small adversarially trained digits model (PGD-1, eps 32/255, 8 epochs, ~4 s), for attack tests."""
-    import common
+    import sat_models
     out = tmp_path_factory.mktemp("trained") / "digits_relu"
     cfg = train_mod.preset_config("digits", act="relu", epochs=8, milestones=[6], out=str(out))
     path = train_mod.train(cfg, quiet=True)
-    model, _ = common.model_from_checkpoint(path)
+    model, _ = sat_models.model_from_checkpoint(path)
     return model, path

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import common
+import sat_data
+import sat_plumbing
 
 ev = importlib.import_module("04_eval")
 FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
@@ -15,7 +16,7 @@ FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
 
 @pytest.fixture(scope="module")
 def test_set():
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     return x[:200], y[:200]
 
 
@@ -85,7 +86,7 @@ def test_paper_columns_hold_paper_md_numbers():
 
 def run_cli(capsys, args):
     with pytest.raises(SystemExit) as e:
-        common.run_cli(ev.main, args)
+        sat_plumbing.run_cli(ev.main, args)
     return e.value.code, capsys.readouterr().err.strip()
 
 
@@ -110,7 +111,7 @@ def test_corrupt_checkpoint_refused(trained_digits, tmp_path, capsys, kind):
         class Evil:
             def __reduce__(self):
                 return (print, ("pwned",))
-        torch.save({"format": common.CHECKPOINT_FORMAT, "model": Evil(), "config": {}}, bad)
+        torch.save({"format": sat_plumbing.CHECKPOINT_FORMAT, "model": Evil(), "config": {}}, bad)
     code, err = run_cli(capsys, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "e")])
     assert code == 2 and "unreadable" in err and len(err.splitlines()) == 1, err
 
@@ -119,6 +120,6 @@ def test_eps_zero_is_refused(trained_digits, capsys, tmp_path):
     code, err = run_cli(capsys, ["--eps", "0", "--runs", str(tmp_path)])
     assert code == 2 and "--eps must be a finite number in (0, 255]" in err and len(err.splitlines()) == 1
     model, _ = trained_digits
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     with pytest.raises(ValueError, match="eps"):
         ev.evaluate_model(model, x[:10], y[:10], 0.0, 10, **FAST)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import sat_data
+import sat_models
+import sat_plumbing
 from conftest import stage
 
 SYSTEM_FOLDER = "/usr/share/datasets/fashion-mnist"   # Debian/Ubuntu's dataset-fashion-mnist package
@@ -30,7 +32,7 @@ def write_fake_fashion(folder, n_train=24, n_test=8, seed=0):
     for split, n in (("train", n_train), ("test", n_test)):
         images = rng.randint(0, 256, (n, 28, 28)).astype(np.uint8)
         labels = (np.arange(n) % 10).astype(np.uint8)
-        images_file, labels_file = common.FASHION_FILES[split]
+        images_file, labels_file = sat_data.FASHION_FILES[split]
         write_idx_gz(os.path.join(folder, images_file), images, 2051)
         write_idx_gz(os.path.join(folder, labels_file), labels, 2049)
         arrays[split] = (images, labels)
@@ -39,7 +41,7 @@ def write_fake_fashion(folder, n_train=24, n_test=8, seed=0):
 
 def run_cli(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
-        common.run_cli(main, argv)
+        sat_plumbing.run_cli(main, argv)
     return e.value.code, capsys.readouterr().err.strip()
 
 
@@ -49,49 +51,49 @@ def test_reader_counts_shapes_labels_and_pixels(tmp_path, layout):
     folder = tmp_path / "fm" if layout == "flat" else tmp_path / "fm" / "FashionMNIST" / "raw"
     arrays = write_fake_fashion(folder)
     for split, n in (("train", 24), ("test", 8)):
-        ds = common.get_dataset("fashionmnist", split, str(tmp_path / "fm"))
+        ds = sat_data.get_dataset("fashionmnist", split, str(tmp_path / "fm"))
         x, y = ds.tensors
         assert len(ds) == n and x.shape == (n, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
         assert 0 <= x.min() and x.max() <= 1
         images, labels = arrays[split]
         assert torch.equal(x[:, 0], torch.from_numpy(images).float() / 255)   # pixel k -> k/255 exactly
         assert y.tolist() == labels.tolist()
-    assert common.num_classes_of("fashionmnist", ds) == 10
+    assert sat_data.num_classes_of("fashionmnist", ds) == 10
 
 
 def test_reader_works_on_a_read_only_folder(tmp_path):
     write_fake_fashion(tmp_path / "ro")
     os.chmod(tmp_path / "ro", 0o555)   # like /usr/share/datasets/fashion-mnist: nothing is written there
     try:
-        assert len(common.get_dataset("fashionmnist", "test", str(tmp_path / "ro"))) == 8
-        assert sorted(os.listdir(tmp_path / "ro")) == sorted(f for pair in common.FASHION_FILES.values() for f in pair)
+        assert len(sat_data.get_dataset("fashionmnist", "test", str(tmp_path / "ro"))) == 8
+        assert sorted(os.listdir(tmp_path / "ro")) == sorted(f for pair in sat_data.FASHION_FILES.values() for f in pair)
     finally:
         os.chmod(tmp_path / "ro", 0o755)
 
 
 def test_model_fits_28x28_and_torchvision_models_are_refused():
-    model = common.build_model({"dataset": "fashionmnist", "model": "fashionnet", "num_classes": 10, "act": "silu"})
+    model = sat_models.build_model({"dataset": "fashionmnist", "model": "fashionnet", "num_classes": 10, "act": "silu"})
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert sum(p.numel() for p in model.parameters()) == 19706          # the digits model's weights, stride-2 stem
     assert model[1].stem[0].stride == (2, 2)
-    with pytest.raises(common.UserError, match="model 'resnet18' does not fit dataset 'fashionmnist' \\(1 channel\\); use fashionnet"):
-        common.check_model_name("resnet18", "fashionmnist")
-    with pytest.raises(common.UserError, match="model 'digitsnet' does not fit dataset 'fashionmnist'"):
-        common.check_model_name("digitsnet", "fashionmnist")
+    with pytest.raises(sat_plumbing.UserError, match="model 'resnet18' does not fit dataset 'fashionmnist' \\(1 channel\\); use fashionnet"):
+        sat_models.check_model_name("resnet18", "fashionmnist")
+    with pytest.raises(sat_plumbing.UserError, match="model 'digitsnet' does not fit dataset 'fashionmnist'"):
+        sat_models.check_model_name("digitsnet", "fashionmnist")
 
 
 def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     write_fake_fashion(tmp_path / "fm")
     train_args = ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu", "--smooth-grad", "none",
                   "--epochs", "1", "--milestones", "--batch-size", "8", "--check-size", "8", "--quiet", "--out", str(tmp_path / "runs")]
-    common.run_cli(stage("03_adv_train").main, train_args)
-    ckpt = common.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
+    sat_plumbing.run_cli(stage("03_adv_train").main, train_args)
+    ckpt = sat_plumbing.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
     cfg = ckpt["config"]
     assert (cfg["model"], cfg["eps"], cfg["attack_steps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == \
         ("fashionnet", 25.5, 2, 31.875, 10, 1)
     assert len(ckpt["metrics"]["history"]) == 1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
     assert "3 steps/epoch" in capsys.readouterr().out   # 24 training images in batches of 8
-    common.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
+    sat_plumbing.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
                                            "--batch-size", "6", "--apgd-steps", "2", "--square-queries", "5"])
     out = capsys.readouterr().out
     assert "fashionmnist_relu_s0" in out and "25.5/255" in out
@@ -121,7 +123,7 @@ def test_missing_files_are_one_error_line(tmp_path, capsys, stage_name):
                 "--out", str(tmp_path / "runs")]
     else:
         write_fake_fashion(tmp_path / "fm")
-        common.run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu",
+        sat_plumbing.run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu",
                                                     "--smooth-grad", "none", "--epochs", "1", "--batch-size", "8",
                                                     "--check-size", "8", "--quiet", "--out", str(tmp_path / "runs")])
         argv = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--data", str(tmp_path / "empty")]
@@ -152,7 +154,7 @@ def test_broken_file_is_one_error_line_naming_it(tmp_path, capsys, damage):
 def test_the_real_files_hold_the_published_counts():
     """60,000 training and 10,000 test images, 6,000 and 1,000 of each of the 10 classes (~2 s)."""
     for split, per_class in (("train", 6000), ("test", 1000)):
-        x, y = common.fashion_mnist_tensors(split, SYSTEM_FOLDER)
+        x, y = sat_data.fashion_mnist_tensors(split, SYSTEM_FOLDER)
         assert x.shape == (10 * per_class, 1, 28, 28) and 0 <= x.min() < x.max() <= 1
         assert torch.bincount(y).tolist() == [per_class] * 10
 
@@ -169,7 +171,7 @@ def test_download_goes_through_torchvision_into_its_layout(tmp_path, capsys, mon
         write_fake_fashion(os.path.join(root, "FashionMNIST", "raw"))
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion_mnist)
     if network == "up":
-        assert len(common.get_dataset("fashionmnist", "train", str(tmp_path / "data"), download=True)) == 24
+        assert len(sat_data.get_dataset("fashionmnist", "train", str(tmp_path / "data"), download=True)) == 24
         return
     code, err = run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "data"), "--download",
                                                      "--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path / "runs")], capsys)

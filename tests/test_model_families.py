@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import common
+import sat_models
+import sat_plumbing
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
@@ -30,13 +31,13 @@ def cfg(name, act, smooth_grad="none"):
 
 @pytest.mark.parametrize("name, native, gates", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_swap_replaces_every_activation_but_no_gate(name, native, gates):
-    untouched = common.torchvision_model(name, 5, 32)
+    untouched = sat_models.torchvision_model(name, 5, 32)
     before = {type(m).__name__ for m in untouched.modules() if isinstance(m, acts.RELU_ROLE)}
     n_gates = sum(isinstance(m, GATES) for m in untouched.modules())
     assert before == native
     for act, expected in [("relu", nn.ReLU), ("silu", nn.SiLU)]:
         torch.manual_seed(0)
-        model = common.build_model(cfg(name, act))
+        model = sat_models.build_model(cfg(name, act))
         kinds = {type(m) for m in model.modules() if isinstance(m, acts.RELU_ROLE)}
         assert kinds == {expected}, f"{name} --act {act}: left {kinds}"
         assert sum(isinstance(m, GATES) for m in model.modules()) == n_gates                 # gates kept
@@ -49,7 +50,7 @@ def test_swap_replaces_every_activation_but_no_gate(name, native, gates):
 
 
 def test_swap_reports_by_type_and_reaches_the_smooth_backward():
-    net = common.torchvision_model("mobilenet_v3_small", 5, 32)
+    net = sat_models.torchvision_model("mobilenet_v3_small", 5, 32)
     replaced = acts.swap_activations(net, "relu", smooth_grad=True)
     assert replaced.by_type == {"ReLU": 14, "Hardswish": 19} and len(replaced) == 33
     assert all(type(m) is acts.SmoothGradReLU for m in net.modules() if isinstance(m, acts.RELU_ROLE))
@@ -59,8 +60,8 @@ def test_swap_reports_by_type_and_reaches_the_smooth_backward():
 
 @pytest.mark.parametrize("name", ["densenet121", "googlenet"])
 def test_functional_activations_are_refused_with_one_line(name):
-    with pytest.raises(common.UserError, match=f"model '{name}' calls relu in functional form"):
-        common.build_model(cfg(name, "silu"))
+    with pytest.raises(sat_plumbing.UserError, match=f"model '{name}' calls relu in functional form"):
+        sat_models.build_model(cfg(name, "silu"))
 
 
 def test_functional_check_ignores_the_activation_modules_own_calls():

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
+import sat_data
 from conftest import ROOT
 
 
@@ -59,7 +59,7 @@ def test_one_step_on_linear_logistic_model_is_the_closed_form_worst_case(attack)
 
 def test_attack_raises_the_loss(attack, trained_digits):
     model, _ = trained_digits
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     torch.manual_seed(0)
     x_adv = attack.pgd(model, x, y, attack.px(64), attack.default_step(attack.px(64), 10), 10)   # its training eps
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_attack_raises_the_loss(attack, trained_digits):
 
 def test_more_steps_never_raise_robust_accuracy(attack, trained_digits):
     model, _ = trained_digits
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     eps = attack.px(32)
     accs = []
     for k in [1, 5, 20, 50]:
@@ -104,7 +104,7 @@ def test_works_under_autocast(attack):
 
 def test_early_stopping_eval_never_above_plain_pgd(attack, trained_digits):
     model, _ = trained_digits
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     eps = attack.px(32)
     for k in [1, 10, 40]:
         torch.manual_seed(5)
@@ -118,7 +118,7 @@ def test_early_stopping_eval_never_above_plain_pgd(attack, trained_digits):
 def test_agrees_with_torchattacks(attack, trained_digits):
     import torchattacks   # a runtime dependency (stage 04): a missing install must fail, not skip
     model, _ = trained_digits
-    x, y = common.digits_tensors("test")
+    x, y = sat_data.digits_tensors("test")
     eps = attack.px(32)
     torch.manual_seed(0)
     ours = (attack.pgd_eval(model, x, y, eps, eps / 4, 20) == -1).float().mean().item()

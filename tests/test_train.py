@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import common
+import sat_data
+import sat_models
+import sat_plumbing
 from conftest import ROOT
 
 
@@ -19,17 +21,17 @@ def cfg_digits(train_mod, tmp_path, **kw):
 
 
 def weights(path):
-    return common.load_checkpoint(path)["model"]
+    return sat_plumbing.load_checkpoint(path)["model"]
 
 
 def test_digits_step_changes_weights_and_writes_checkpoint(train_mod, tmp_path):
     cfg = cfg_digits(train_mod, tmp_path)
     path = train_mod.train(cfg, quiet=True)
-    ckpt = common.load_checkpoint(path)
+    ckpt = sat_plumbing.load_checkpoint(path)
     assert ckpt["finished"] and ckpt["epoch"] == 1 and ckpt["config"]["eps"] == 64.0
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "rng", "metrics"}
-    common.seed_everything(cfg.seed)
-    init = common.build_model(ckpt["config"]).state_dict()
+    sat_plumbing.seed_everything(cfg.seed)
+    init = sat_models.build_model(ckpt["config"]).state_dict()
     assert not torch.equal(init["1.stem.0.weight"], ckpt["model"]["1.stem.0.weight"])
     row = ckpt["metrics"]["history"][0]
     assert np.isfinite(row["loss"]) and 0 <= row["check_pgd10_acc"] <= row["check_clean_acc"] <= 1
@@ -55,7 +57,7 @@ def test_cifar10_folder_step(train_mod, tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
     cfg = train_mod.preset_config("cifar10", data=str(tmp_path / "data"), epochs=1, batch_size=8, milestones=[],
                                   check_size=8, workers=0, out=str(tmp_path / "run"))
-    ckpt = common.load_checkpoint(train_mod.train(cfg, quiet=True))
+    ckpt = sat_plumbing.load_checkpoint(train_mod.train(cfg, quiet=True))
     assert ckpt["config"]["model"] == "cifar_resnet18" and ckpt["config"]["eps"] == 8.0
     assert np.isfinite(ckpt["metrics"]["history"][0]["loss"])
 
@@ -72,7 +74,7 @@ def test_imagenet_folder_step_resnet50(train_mod, tmp_path):
     cfg = train_mod.preset_config("imagenet", data=str(tmp_path / "imnet"), image_size=32, epochs=1, batch_size=4,
                                   milestones=[], warmup_epochs=0, check_size=4, workers=0, channels_last=True,
                                   out=str(tmp_path / "run"))
-    ckpt = common.load_checkpoint(train_mod.train(cfg, quiet=True))
+    ckpt = sat_plumbing.load_checkpoint(train_mod.train(cfg, quiet=True))
     assert ckpt["config"]["num_classes"] == 2 and ckpt["config"]["rand_start_prob"] == 0.8
     assert ckpt["config"]["label_smoothing"] == 0.1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
 
@@ -117,16 +119,16 @@ def test_smooth_grad_switch_only_where_asked(train_mod, tmp_path, monkeypatch, m
             phase[0] = "update"
     monkeypatch.setattr(train_mod.acts._ReLUWithSmoothGrad, "apply", spy_apply)
     monkeypatch.setattr(train_mod.attack, "pgd", spy_pgd)
-    model = common.build_model({"dataset": "digits", "model": "digitsnet", "num_classes": 10, "act": "relu", "smooth_grad": mode})
+    model = sat_models.build_model({"dataset": "digits", "model": "digitsnet", "num_classes": 10, "act": "relu", "smooth_grad": mode})
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = common.digits_tensors("train")
+    x, y = sat_data.digits_tensors("train")
     train_mod.adversarial_training_step(model, x[:16], y[:16], opt, 0.1, 0.1, 1, smooth_grad=mode)
     assert used == expected
 
 
 def run_cli(train_mod, capsys, args):
     with pytest.raises(SystemExit) as e:
-        common.run_cli(train_mod.main, args)
+        sat_plumbing.run_cli(train_mod.main, args)
     err = capsys.readouterr().err.strip()
     return e.value.code, err
 
@@ -188,14 +190,14 @@ def test_divergence_stops_with_a_clear_message(train_mod, tmp_path):
 
 def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    common.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, str(path))
+    sat_plumbing.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, str(path))
     before = path.read_bytes()
 
     def boom(*a, **k):
         raise KeyboardInterrupt("killed mid-write")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        common.save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, str(path))
+        sat_plumbing.save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, str(path))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
@@ -204,7 +206,7 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
     path = train_mod.train(cfg, quiet=True)
     before = open(path, "rb").read()
     assert train_mod.train(cfg, quiet=True) == path and open(path, "rb").read() == before   # reused
-    with pytest.raises(common.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
+    with pytest.raises(sat_plumbing.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
         train_mod.train(cfg_digits(train_mod, tmp_path, eps=32.0), quiet=True)
     assert open(path, "rb").read() == before
 
