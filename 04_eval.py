@@ -1,4 +1,6 @@
 """Stage 04: clean and robust accuracy of every checkpoint, checked for gradient masking; the paper's tables.
+Measured (README, digits, 15 seeds, `python 03_adv_train.py --seeds 15` then this): worst case 37.4% for ReLU,
++5.3 points [+3.0, +7.6] with a smooth gradient for the attacker (Table 1), -4.2 [-6.5, -1.8] for SiLU (Figure 3).
 
 Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1 and
 Figure 3. Evaluation hygiene after Carlini et al. 2019 (../shared/PAPER.md): an independent strong attack
@@ -15,42 +17,36 @@ Masking checks (each failure is printed as a flag beside the model, with its num
   eps         at 8 x eps robust accuracy must fall to about chance (<= chance + 10 points)
   single-step FGSM must not be stronger than PGD-200 (1-point tolerance)
   independent APGD / Square must not beat PGD-200 by more than 3 points
+Comparisons: each configuration minus plain ReLU (same data set, eps and test images) for clean, PGD-200
+and worst-case accuracy, with a 95% bootstrap interval over seeds and test images; verdict "better" / "worse"
+when the interval excludes 0, "equal" when it lies within +-3 points, else "undecided".
 
 Run it:
     python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
-                                             # CPU: ~2.5 min for the 11 default digits checkpoints (~13-25 s each)
+                                             # CPU: 74-76 s for the 11 default checkpoints on 2 cores
     python 04_eval.py --limit 1000 --batch-size 100    # ImageNet/CIFAR checkpoints: quick look on 1000 images
 On the CPU `--jobs N` checkpoints are evaluated at once (default: one per core), one process and one torch
 thread each; the numbers are those of `--jobs 1`.
-Comparisons: each configuration minus plain ReLU (same data set, eps and test images) for clean, PGD-200
-and worst-case accuracy, with a 95% bootstrap interval that resamples the seeds (of each side, independently)
-and the test images (one draw for both sides: the pairing); verdict "better" / "worse" when the interval
-excludes 0, "equal" when it lies within +-3 points (MARGIN), else "undecided"; none with a single seed.
-Writes (runs/04_eval/):
+Writes (runs/04_eval/; the code that writes them, and the cache, is in sat_report.py):
     results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
     per_run.csv                      every number for every checkpoint, with its attack parameters
-    comparisons.csv, comparisons.md  each configuration minus plain ReLU (clean, PGD-200, worst case) with a
-                                     95% bootstrap interval over seeds and test images, and a verdict
+    comparisons.csv, comparisons.md  each configuration minus plain ReLU, with its interval and verdict
     cache/<run>.json                 per-checkpoint results (re-used while the checkpoint is unchanged)
     figure3_acc_vs_robust.png        the paper's Figure 3: ours (left) beside the paper's ImageNet points (right)
     robust_vs_steps.png, robust_vs_eps.png
 """
-import csv
-import glob
 import importlib
-import json
 import math
 import os
-import statistics
 import time
 
 import torch
 
-import sat_data
 import sat_models
 import sat_plumbing
+import sat_report
+from sat_report import PAPER_FIGURE3, PAPER_TABLE1, aggregate, fmt, paper_numbers  # noqa: F401 (notebooks: ev.aggregate, ...)
 
-acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 
 OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "04_eval")
@@ -63,21 +59,8 @@ COMPARED = {"clean": "clean", "pgd200": "PGD-200", "worst": "worst case"}   # th
 MARGIN = 0.03             # "equal": the whole 95% interval of a difference lies within +-3 points
 BOOTSTRAP = 2000          # bootstrap replicates per comparison
 
-# The paper's ImageNet ResNet-50 numbers (../shared/PAPER.md): clean %, PGD-200 robust %
-PAPER_TABLE1 = {"none": (68.8, 33.0), "attacker": (68.3, 34.5), "optimizer": (69.4, 35.8), "both": (68.9, 36.9)}
-PAPER_FIGURE3 = {"relu": (68.8, 33.0), "psoftplus": (68.8, 38.7), "softplus": (68.4, 40.0),
-                 "smoothrelu": (69.4, 40.3), "elu": (69.2, 41.7), "gelu": (70.0, 41.7), "silu": (69.7, 42.3)}
 
-
-def paper_numbers(act, smooth_grad):
-    """(clean, PGD-200) from the paper for this configuration, or None."""
-    if act == "relu":
-        return PAPER_TABLE1.get(smooth_grad)
-    return PAPER_FIGURE3.get(act) if smooth_grad == "none" else None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Evaluating one model
+# ---- Attacks: every attack on one model, a robust/broken mask per test image ---------------------------------
 
 def correct(model, x, y):
     with torch.no_grad():
@@ -161,6 +144,8 @@ def evaluate_model(model, x, y, eps, num_classes, batch_size=500, **kw):
     return evaluate_batches(model, batches, eps, num_classes, device=x.device, **kw)
 
 
+# ---- Masking checks (Carlini et al. 2019): numbers that cannot be reported as they are -----------------------
+
 def masking_flags(r, num_classes):
     """The Carlini et al. sanity checks, each failure a short string with its numbers."""
     flags = []
@@ -179,108 +164,7 @@ def masking_flags(r, num_classes):
             flags.append(f"independent: {k} {100 * r[k]:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
     return flags
 
-
-# ----------------------------------------------------------------------------------------------------
-# Every checkpoint under runs/
-
-STAGE_DIRS = ("02_pgd", "03_adv_train")   # where the stages put their runs, below --runs
-
-
-def find_checkpoints(root):
-    """Every run's final.pt: below root/02_pgd and root/03_adv_train when those exist (stage 02's standard
-    model and every stage 03 run; not studies or notebooks writing elsewhere under runs/), else below root."""
-    dirs = [os.path.join(root, d) for d in STAGE_DIRS if os.path.isdir(os.path.join(root, d))] or [root]
-    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "final.pt"), recursive=True))
-
-
-def test_batches(cfg, data_dir, limit, batch_size, workers=4):
-    """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
-    workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
-    ds = sat_data.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
-    if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
-        workers = 0
-    if limit:
-        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
-
-
-def evaluate_checkpoint(path, args, device):
-    """Results dict for one checkpoint, from the cache when the checkpoint and settings are unchanged."""
-    key = {"version": 2, "size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
-           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack, "max_pgd_steps": args.max_pgd_steps}
-    cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
-    if os.path.isfile(cache) and not args.no_cache:
-        with open(cache) as f:
-            saved = json.load(f)
-        if saved.get("key") == key:
-            return saved["result"], True
-    model, ckpt = sat_models.model_from_checkpoint(path, device)
-    cfg = ckpt["config"]
-    eps_px = args.eps if args.eps is not None else cfg["eps"]
-    eps = attack.px(eps_px)
-    batches = test_batches(cfg, args.data, args.limit, args.batch_size)
-    res = evaluate_batches(model, batches, eps, cfg["num_classes"], args.autoattack, args.square_queries,
-                           args.apgd_steps, device=device, max_pgd_steps=args.max_pgd_steps)
-    res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
-               act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
-               eps_px=eps_px, epochs=ckpt.get("epoch"))
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache, "w") as f:
-        json.dump({"key": key, "result": res}, f)
-    return res, False
-
-
-def evaluate_job(job):
-    """evaluate_checkpoint for one (path, args, device) in a --jobs worker process: (result, cached, seconds)."""
-    path, args, device = job
-    t = time.time()
-    r, cached = evaluate_checkpoint(path, args, torch.device(device))
-    return r, cached, time.time() - t
-
-
-def config_label(r):
-    sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
-    std = " standard training" if r["train_attack"] == "none" else ""
-    return f"{r['dataset']} {r['act']}{sg}{std}"
-
-
-def mean_std(values):
-    m = statistics.mean(values)
-    s = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return m, s
-
-
-def fmt(m, s):
-    return f"{100 * m:.1f}" if math.isnan(s) else f"{100 * m:.1f} ± {100 * s:.1f}"
-
-
-def aggregate(results):
-    """Group runs by configuration (all but the seed): mean +- std over seeds."""
-    groups = {}
-    for r in results:
-        groups.setdefault(config_label(r), []).append(r)
-    order = {a: i for i, a in enumerate(acts.ACTIVATIONS)}
-    sg_order = {"none": 0, "attacker": 1, "optimizer": 2, "both": 3}
-    rows = []
-    for label, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["train_attack"] != "none", order.get(kv[1][0]["act"], 99), sg_order.get(kv[1][0]["smooth_grad"], 9))):
-        r0 = rs[0]
-        row = {"configuration": label, "seeds": len(rs), "eps": f"{r0['eps_px']:g}/255", "n_test": r0["n"]}
-        for k in ("clean", "pgd200", "worst", "fgsm", "apgd_ce", "apgd_dlr", "square"):
-            row[k] = mean_std([r[k] for r in rs])
-        paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
-        row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
-        kinds = {}   # which checks failed, on how many seeds (the numbers are in per_run.csv and the printout)
-        for r in rs:
-            for kind in {f.split(":")[0] for f in r["flags"]}:
-                kinds[kind] = kinds.get(kind, 0) + 1
-        row["flags"] = "; ".join(f"{k} ({n}/{len(rs)} seeds)" for k, n in sorted(kinds.items()))
-        row["act"], row["smooth_grad"], row["train_attack"] = r0["act"], r0["smooth_grad"], r0["train_attack"]
-        rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------
-# Comparisons with ReLU: a difference, its 95% interval, a verdict
+# ---- Comparison with ReLU: a difference, its 95% interval, a verdict -----------------------------------------
 
 def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0):
     """Difference of accuracies a - b with a 95% bootstrap interval. a: (seeds of the configuration, images)
@@ -321,7 +205,7 @@ def compare_with_relu(results):
     groups = {}
     for r in results:
         if r["train_attack"] != "none" and "per_image" in r:
-            groups.setdefault((r["dataset"], r["eps_px"], r["n"]), {}).setdefault(config_label(r), []).append(r)
+            groups.setdefault((r["dataset"], r["eps_px"], r["n"]), {}).setdefault(sat_report.config_label(r), []).append(r)
     rows = []
     for (dataset, eps_px, n), by_label in groups.items():
         ref = by_label.get(f"{dataset} relu")
@@ -351,111 +235,33 @@ def comparison_table(rows):
     return heads, cells
 
 
-def write_comparisons(rows, out_dir):
-    """comparisons.csv and comparisons.md; returns the markdown."""
-    heads, cells = comparison_table(rows)
-    with open(os.path.join(out_dir, "comparisons.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(heads)
-        w.writerows(cells)
-    md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] +
-                   ["| " + " | ".join(c) + " |" for c in cells])
-    with open(os.path.join(out_dir, "comparisons.md"), "w") as f:
-        f.write(md + "\n")
-    return md
+# ---- Every checkpoint under runs/ (finding them, their test images, the cache: sat_report.py) ----------------
+
+def evaluate_checkpoint(path, args, device):
+    """Every attack on one checkpoint: its own model, data set and eps (or --eps), its first --limit test images.
+    The result carries the run's configuration, which the tables group by."""
+    model, ckpt = sat_models.model_from_checkpoint(path, device)
+    cfg = ckpt["config"]
+    eps_px = args.eps if args.eps is not None else cfg["eps"]
+    batches = sat_report.test_batches(cfg, args.data, args.limit, args.batch_size)
+    res = evaluate_batches(model, batches, attack.px(eps_px), cfg["num_classes"], args.autoattack, args.square_queries,
+                           args.apgd_steps, device=device, max_pgd_steps=args.max_pgd_steps)
+    res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
+               act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
+               eps_px=eps_px, epochs=ckpt.get("epoch"))
+    return res
 
 
-TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
-              ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("apgd_ce", "APGD-CE %"),
-              ("apgd_dlr", "APGD-DLR %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
-              ("paper_pgd200", "paper PGD-200 % (ImageNet)"), ("flags", "masking flags")]
+def evaluate_job(job):
+    """One (path, args, device) in a --jobs worker process, from the cache while the checkpoint and settings are
+    unchanged: (result, cached, seconds)."""
+    path, args, device = job
+    t = time.time()
+    r, cached = sat_report.cached(path, args, lambda: evaluate_checkpoint(path, args, torch.device(device)))
+    return r, cached, time.time() - t
 
 
-def write_tables(rows, out_dir):
-    def cell(row, k):
-        v = row[k]
-        return fmt(*v) if isinstance(v, tuple) else str(v) if v != "" else "—"
-    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([h for _, h in TABLE_COLS] + ["eps", "n_test"])
-        for row in rows:
-            w.writerow([cell(row, k) for k, _ in TABLE_COLS] + [row["eps"], row["n_test"]])
-    lines = ["| " + " | ".join(h for _, h in TABLE_COLS) + " |", "|" + "---|" * len(TABLE_COLS)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(row, k) or "—" for k, _ in TABLE_COLS) + " |")
-    md = "\n".join(lines)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(md + "\n")
-    return md
-
-
-def write_per_run(results, out_dir):
-    keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
-           [f"pgd{k}" for k in PGD_STEPS] + ["apgd_ce", "apgd_dlr", "square", "worst", "flags", "attack_parameters"]
-    with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for r in results:
-            w.writerow([("; ".join(r["flags"]) if k == "flags" else
-                         " | ".join(f"{a}: {p}" for a, p in r["params"].items()) if k == "attack_parameters" else
-                         r.get(k, "")) for k in keys])
-
-
-def draw_figures(rows, results, out_dir):
-    import matplotlib.pyplot as plt
-    paths = []
-    # one colour per configuration, the same in both panels; circles = activations, squares = Table 1 rows
-    colours = {name: plt.cm.tab10(i) for i, name in enumerate(list(PAPER_FIGURE3) + ["sg-attacker", "sg-optimizer", "sg-both"])}
-    # Figure 3: clean vs robust for each activation, ours beside the paper's
-    fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for row in rows:
-        if row["train_attack"] == "none":
-            continue
-        (c, cs), (rb, rs), (w, ws) = row["clean"], row["pgd200"], row["worst"]
-        sg = row["smooth_grad"] != "none"
-        key = f"sg-{row['smooth_grad']}" if sg else row["act"]
-        label = row["act"] + (f" sg-{row['smooth_grad']}" if sg else "")
-        err = lambda s: None if math.isnan(s) else 100 * s  # noqa: E731
-        ax_o.errorbar(100 * c, 100 * rb, xerr=err(cs), yerr=err(rs), fmt="s" if sg else "o", color=colours.get(key),
-                      capsize=3, label=label)
-        ax_o.errorbar(100 * c, 100 * w, yerr=err(ws), fmt="s" if sg else "o", mfc="none", color=colours.get(key), capsize=2)
-    for act, (c, rb) in PAPER_FIGURE3.items():
-        ax_p.plot(c, rb, "o", color=colours[act], label=act)
-    for mode, (c, rb) in PAPER_TABLE1.items():
-        if mode != "none":
-            ax_p.plot(c, rb, "s", color=colours[f"sg-{mode}"], label=f"relu sg-{mode}")
-    ax_o.set(title="this repo: digits, mean ± std over seeds\nfilled: PGD-200, hollow: worst case over all attacks",
-             xlabel="clean accuracy %", ylabel="robust accuracy %")
-    ax_p.set(title="paper: ImageNet ResNet-50 (Table 1, Figure 3)", xlabel="clean accuracy %", ylabel="PGD-200 robust accuracy %")
-    for ax in (ax_o, ax_p):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "figure3_acc_vs_robust.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    # robust accuracy against steps and against eps, seed 0 (or the lowest seed) of each configuration
-    firsts = {}
-    for r in sorted(results, key=lambda r: r["seed"]):
-        firsts.setdefault(config_label(r), r)
-    for name, xlabel, getter in [("robust_vs_steps.png", "PGD steps (step max(eps/4, eps/k))",
-                                  lambda r: (PGD_STEPS, [100 * r[f"pgd{k}"] for k in PGD_STEPS])),
-                                 ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",
-                                  lambda r: ([float(e) for e in r["eps_curve"]], [100 * a for a in r["eps_curve"].values()]))]:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)   # 11+ lines: tab10 would repeat colours
-        for label, r in firsts.items():
-            xs, ys = getter(r)
-            ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=f"{label} s{r['seed']}")
-        ax.set(xscale="log", xlabel=xlabel, ylabel="robust accuracy %", ylim=(-2, 102))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, name))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
-
+# ---- main ----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     p = sat_plumbing.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
@@ -487,7 +293,7 @@ def main(argv=None):
     if not os.path.isdir(args.runs):
         raise sat_plumbing.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
     sat_plumbing.check_out_dir(args.out)
-    paths = find_checkpoints(args.runs)
+    paths = sat_report.find_checkpoints(args.runs)
     if not paths:
         raise sat_plumbing.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
     import matplotlib
@@ -496,28 +302,15 @@ def main(argv=None):
     print(f"evaluating {len(paths)} checkpoint(s) on {device}; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} "
           f"(step max(eps/4, eps/k); eps/4 for 200), APGD-CE/DLR ({args.apgd_steps} steps), Square ({args.square_queries} queries)"
           + (", AutoAttack" if args.autoattack else ""))
-    print(f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} {'worst':>6} {'sec':>5}  flags")
+    print(sat_report.ROW_HEADER)
     jobs = min(args.jobs or (sat_plumbing.cpu_count() if device.type == "cpu" else 1), len(paths))
     t_all = time.time()
     results = [None] * len(paths)   # one process per checkpoint (sat_plumbing.in_processes); the same numbers as --jobs 1
     for i, (r, cached, sec) in sat_plumbing.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):
         results[i] = r
-        print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
-              f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
-              f"{'cache' if cached else f'{sec:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
-    rows = aggregate(results)
-    md = write_tables(rows, args.out)
-    write_per_run(results, args.out)
-    figs = draw_figures(rows, results, args.out)
+        sat_report.print_row(r, cached, sec)
     comparisons = compare_with_relu(results)
-    print(f"\nresults by configuration (accuracies in %, mean ± std over seeds; eps and attack parameters in per_run.csv):\n{md}")
-    if comparisons:
-        print(f"\neach configuration minus plain ReLU, in points, with a 95% bootstrap interval over seeds and test images "
-              f"(paired: the same images); verdict: better / worse when the interval excludes 0, equal when it lies "
-              f"within ±{100 * MARGIN:g} points, else undecided; paper Δ: the paper's ImageNet difference:\n"
-              f"{write_comparisons(comparisons, args.out)}")
-    print(f"\nevaluated in {time.time() - t_all:.0f} s. Results table: {os.path.join(args.out, 'results.md')} (and .csv, per_run.csv)")
-    print("Figures: " + ", ".join(figs))
+    sat_report.report(results, comparison_table(comparisons) if comparisons else None, args.out, PGD_STEPS, MARGIN, t_all)
 
 
 if __name__ == "__main__":

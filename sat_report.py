@@ -1,0 +1,255 @@
+"""Stage 04's reporting: a reader of the evaluation may skip this file. It finds the checkpoints, loads their
+test images, caches each checkpoint's results, and writes the tables, the per-run CSV, the comparisons and the
+figures; the paper's own numbers sit here, beside ours in every table. The protocol itself (the attacks, the
+masking checks, the comparison with ReLU) is in 04_eval.py, which passes in what these need of it.
+"""
+import csv
+import glob
+import importlib
+import json
+import math
+import os
+import statistics
+import time
+
+import torch
+
+import sat_data
+
+acts = importlib.import_module("01_activations")
+
+# The paper's ImageNet ResNet-50 numbers (../shared/PAPER.md): clean %, PGD-200 robust %
+PAPER_TABLE1 = {"none": (68.8, 33.0), "attacker": (68.3, 34.5), "optimizer": (69.4, 35.8), "both": (68.9, 36.9)}
+PAPER_FIGURE3 = {"relu": (68.8, 33.0), "psoftplus": (68.8, 38.7), "softplus": (68.4, 40.0),
+                 "smoothrelu": (69.4, 40.3), "elu": (69.2, 41.7), "gelu": (70.0, 41.7), "silu": (69.7, 42.3)}
+
+
+def paper_numbers(act, smooth_grad):
+    """(clean, PGD-200) from the paper for this configuration, or None."""
+    if act == "relu":
+        return PAPER_TABLE1.get(smooth_grad)
+    return PAPER_FIGURE3.get(act) if smooth_grad == "none" else None
+
+
+# ---- Checkpoints, test images, the cache ---------------------------------------------------------------------
+
+STAGE_DIRS = ("02_pgd", "03_adv_train")   # where the stages put their runs, below --runs
+
+
+def find_checkpoints(root):
+    """Every run's final.pt: below root/02_pgd and root/03_adv_train when those exist (stage 02's standard
+    model and every stage 03 run; not studies or notebooks writing elsewhere under runs/), else below root."""
+    dirs = [os.path.join(root, d) for d in STAGE_DIRS if os.path.isdir(os.path.join(root, d))] or [root]
+    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "final.pt"), recursive=True))
+
+
+def test_batches(cfg, data_dir, limit, batch_size, workers=4):
+    """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
+    workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
+    ds = sat_data.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
+    if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
+        workers = 0
+    if limit:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+
+
+def cached(path, args, evaluate):
+    """evaluate() for the checkpoint at path, or its saved result while the checkpoint and the settings are
+    unchanged: (result, from_cache). Saves a fresh result as <out>/cache/<run>.json."""
+    key = {"version": 2, "size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
+           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack, "max_pgd_steps": args.max_pgd_steps}
+    cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
+    if os.path.isfile(cache) and not args.no_cache:
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            return saved["result"], True
+    res = evaluate()
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump({"key": key, "result": res}, f)
+    return res, False
+
+
+# ---- The printout, the tables --------------------------------------------------------------------------------
+
+ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} "
+              f"{'worst':>6} {'sec':>5}  flags")
+
+
+def print_row(r, cached, sec):
+    """One checkpoint's line under ROW_HEADER: its accuracies in %, its seconds (or 'cache'), its masking flags."""
+    print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
+          f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
+          f"{'cache' if cached else f'{sec:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
+
+
+def config_label(r):
+    """A configuration: everything of a run but its seed, e.g. 'digits relu (smooth grad: attacker)'."""
+    sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
+    std = " standard training" if r["train_attack"] == "none" else ""
+    return f"{r['dataset']} {r['act']}{sg}{std}"
+
+
+def mean_std(values):
+    """(mean, std) over seeds; std is NaN for one seed."""
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return m, s
+
+
+def fmt(m, s):
+    """A (mean, std) of fractions as '95.1 ± 0.3' (percent), or '95.1' when std is NaN."""
+    return f"{100 * m:.1f}" if math.isnan(s) else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def aggregate(results):
+    """Group runs by configuration (all but the seed): mean +- std over seeds."""
+    groups = {}
+    for r in results:
+        groups.setdefault(config_label(r), []).append(r)
+    order = {a: i for i, a in enumerate(acts.ACTIVATIONS)}
+    sg_order = {"none": 0, "attacker": 1, "optimizer": 2, "both": 3}
+    rows = []
+    for label, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["train_attack"] != "none", order.get(kv[1][0]["act"], 99), sg_order.get(kv[1][0]["smooth_grad"], 9))):
+        r0 = rs[0]
+        row = {"configuration": label, "seeds": len(rs), "eps": f"{r0['eps_px']:g}/255", "n_test": r0["n"]}
+        for k in ("clean", "pgd200", "worst", "fgsm", "apgd_ce", "apgd_dlr", "square"):
+            row[k] = mean_std([r[k] for r in rs])
+        paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
+        row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
+        kinds = {}   # which checks failed, on how many seeds (the numbers are in per_run.csv and the printout)
+        for r in rs:
+            for kind in {f.split(":")[0] for f in r["flags"]}:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        row["flags"] = "; ".join(f"{k} ({n}/{len(rs)} seeds)" for k, n in sorted(kinds.items()))
+        row["act"], row["smooth_grad"], row["train_attack"] = r0["act"], r0["smooth_grad"], r0["train_attack"]
+        rows.append(row)
+    return rows
+
+
+def write_comparisons(heads, cells, out_dir):
+    """04's comparison table (heads, rows of strings) as comparisons.csv and comparisons.md; returns the markdown."""
+    with open(os.path.join(out_dir, "comparisons.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(heads)
+        w.writerows(cells)
+    md = "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)] +
+                   ["| " + " | ".join(c) + " |" for c in cells])
+    with open(os.path.join(out_dir, "comparisons.md"), "w") as f:
+        f.write(md + "\n")
+    return md
+
+
+TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
+              ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("apgd_ce", "APGD-CE %"),
+              ("apgd_dlr", "APGD-DLR %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
+              ("paper_pgd200", "paper PGD-200 % (ImageNet)"), ("flags", "masking flags")]
+
+
+def write_tables(rows, out_dir):
+    """results.csv and results.md, one row per configuration (aggregate's rows); returns the markdown."""
+    def cell(row, k):
+        v = row[k]
+        return fmt(*v) if isinstance(v, tuple) else str(v) if v != "" else "—"
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([h for _, h in TABLE_COLS] + ["eps", "n_test"])
+        for row in rows:
+            w.writerow([cell(row, k) for k, _ in TABLE_COLS] + [row["eps"], row["n_test"]])
+    lines = ["| " + " | ".join(h for _, h in TABLE_COLS) + " |", "|" + "---|" * len(TABLE_COLS)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, k) or "—" for k, _ in TABLE_COLS) + " |")
+    md = "\n".join(lines)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(md + "\n")
+    return md
+
+
+def write_per_run(results, out_dir, pgd_steps):
+    """per_run.csv: every number of every checkpoint, its masking flags and its attack parameters."""
+    keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
+           [f"pgd{k}" for k in pgd_steps] + ["apgd_ce", "apgd_dlr", "square", "worst", "flags", "attack_parameters"]
+    with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in results:
+            w.writerow([("; ".join(r["flags"]) if k == "flags" else
+                         " | ".join(f"{a}: {p}" for a, p in r["params"].items()) if k == "attack_parameters" else
+                         r.get(k, "")) for k in keys])
+
+
+def draw_figures(rows, results, out_dir, pgd_steps):
+    """figure3_acc_vs_robust.png (ours beside the paper's), robust_vs_steps.png, robust_vs_eps.png; returns their paths."""
+    import matplotlib.pyplot as plt
+    paths = []
+    # one colour per configuration, the same in both panels; circles = activations, squares = Table 1 rows
+    colours = {name: plt.cm.tab10(i) for i, name in enumerate(list(PAPER_FIGURE3) + ["sg-attacker", "sg-optimizer", "sg-both"])}
+    # Figure 3: clean vs robust for each activation, ours beside the paper's
+    fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for row in rows:
+        if row["train_attack"] == "none":
+            continue
+        (c, cs), (rb, rs), (w, ws) = row["clean"], row["pgd200"], row["worst"]
+        sg = row["smooth_grad"] != "none"
+        key = f"sg-{row['smooth_grad']}" if sg else row["act"]
+        label = row["act"] + (f" sg-{row['smooth_grad']}" if sg else "")
+        err = lambda s: None if math.isnan(s) else 100 * s  # noqa: E731
+        ax_o.errorbar(100 * c, 100 * rb, xerr=err(cs), yerr=err(rs), fmt="s" if sg else "o", color=colours.get(key),
+                      capsize=3, label=label)
+        ax_o.errorbar(100 * c, 100 * w, yerr=err(ws), fmt="s" if sg else "o", mfc="none", color=colours.get(key), capsize=2)
+    for act, (c, rb) in PAPER_FIGURE3.items():
+        ax_p.plot(c, rb, "o", color=colours[act], label=act)
+    for mode, (c, rb) in PAPER_TABLE1.items():
+        if mode != "none":
+            ax_p.plot(c, rb, "s", color=colours[f"sg-{mode}"], label=f"relu sg-{mode}")
+    ax_o.set(title="this repo: digits, mean ± std over seeds\nfilled: PGD-200, hollow: worst case over all attacks",
+             xlabel="clean accuracy %", ylabel="robust accuracy %")
+    ax_p.set(title="paper: ImageNet ResNet-50 (Table 1, Figure 3)", xlabel="clean accuracy %", ylabel="PGD-200 robust accuracy %")
+    for ax in (ax_o, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "figure3_acc_vs_robust.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    # robust accuracy against steps and against eps, seed 0 (or the lowest seed) of each configuration
+    firsts = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        firsts.setdefault(config_label(r), r)
+    for name, xlabel, getter in [("robust_vs_steps.png", "PGD steps (step max(eps/4, eps/k))",
+                                  lambda r: (pgd_steps, [100 * r[f"pgd{k}"] for k in pgd_steps])),
+                                 ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",
+                                  lambda r: ([float(e) for e in r["eps_curve"]], [100 * a for a in r["eps_curve"].values()]))]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)   # 11+ lines: tab10 would repeat colours
+        for label, r in firsts.items():
+            xs, ys = getter(r)
+            ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=f"{label} s{r['seed']}")
+        ax.set(xscale="log", xlabel=xlabel, ylabel="robust accuracy %", ylim=(-2, 102))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, name))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+
+def report(results, comparison, out_dir, pgd_steps, margin, started):
+    """Every table and figure of a run of stage 04, and the summary printed after the per-checkpoint lines.
+    comparison: 04's comparison table (heads, rows of strings), or None when nothing was compared with ReLU."""
+    rows = aggregate(results)
+    md = write_tables(rows, out_dir)
+    write_per_run(results, out_dir, pgd_steps)
+    figs = draw_figures(rows, results, out_dir, pgd_steps)
+    print(f"\nresults by configuration (accuracies in %, mean ± std over seeds; eps and attack parameters in per_run.csv):\n{md}")
+    if comparison:
+        print(f"\neach configuration minus plain ReLU, in points, with a 95% bootstrap interval over seeds and test images "
+              f"(paired: the same images); verdict: better / worse when the interval excludes 0, equal when it lies "
+              f"within ±{100 * margin:g} points, else undecided; paper Δ: the paper's ImageNet difference:\n"
+              f"{write_comparisons(*comparison, out_dir)}")
+    print(f"\nevaluated in {time.time() - started:.0f} s. Results table: {os.path.join(out_dir, 'results.md')} (and .csv, per_run.csv)")
+    print("Figures: " + ", ".join(figs))
