@@ -288,14 +288,7 @@ def main(argv=None):
         attack.check_px("--eps", args.eps)
     args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
     vars(args).update(sat_plumbing.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
-    if os.path.isfile(args.runs):
-        raise sat_plumbing.UserError(f"--runs {args.runs!r} is a file; give the folder the stages wrote to (default: runs)")
-    if not os.path.isdir(args.runs):
-        raise sat_plumbing.UserError(f"no outputs folder {args.runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
-    sat_plumbing.check_out_dir(args.out)
-    paths = sat_report.find_checkpoints(args.runs)
-    if not paths:
-        raise sat_plumbing.UserError(f"no final.pt under {args.runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
+    paths = sat_report.checkpoints_to_evaluate(args.runs, args.out)   # or a one-line error naming the stage to run
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     device = sat_plumbing.pick_device(args.device)

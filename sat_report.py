@@ -1,7 +1,9 @@
-"""Stage 04's reporting: a reader of the evaluation may skip this file. It finds the checkpoints, loads their
-test images, caches each checkpoint's results, and writes the tables, the per-run CSV, the comparisons and the
-figures; the paper's own numbers sit here, beside ours in every table. The protocol itself (the attacks, the
-masking checks, the comparison with ReLU) is in 04_eval.py, which passes in what these need of it.
+"""Stage 04's reporting. A reader of the paper may skip all of it: the evaluation protocol is in 04_eval.py.
+
+Finding the checkpoints under runs/, their test images, the per-checkpoint cache, the printed lines, and what
+stage 04 writes: results.md/.csv (one row per configuration, mean +- std over seeds, the paper's numbers
+beside), per_run.csv, comparisons.md/.csv and the figures. 04_eval.py passes in what these need of the protocol
+(its PGD step counts, its comparison table, its margin); nothing here imports it.
 """
 import csv
 import glob
@@ -15,6 +17,7 @@ import time
 import torch
 
 import sat_data
+import sat_plumbing
 
 acts = importlib.import_module("01_activations")
 
@@ -41,6 +44,19 @@ def find_checkpoints(root):
     model and every stage 03 run; not studies or notebooks writing elsewhere under runs/), else below root."""
     dirs = [os.path.join(root, d) for d in STAGE_DIRS if os.path.isdir(os.path.join(root, d))] or [root]
     return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "final.pt"), recursive=True))
+
+
+def checkpoints_to_evaluate(runs, out):
+    """find_checkpoints(runs) once --runs and --out are usable, or a one-line error that says what to run first."""
+    if os.path.isfile(runs):
+        raise sat_plumbing.UserError(f"--runs {runs!r} is a file; give the folder the stages wrote to (default: runs)")
+    if not os.path.isdir(runs):
+        raise sat_plumbing.UserError(f"no outputs folder {runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
+    sat_plumbing.check_out_dir(out)
+    paths = find_checkpoints(runs)
+    if not paths:
+        raise sat_plumbing.UserError(f"no final.pt under {runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
+    return paths
 
 
 def test_batches(cfg, data_dir, limit, batch_size, workers=4):
