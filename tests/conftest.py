@@ -1,7 +1,16 @@
-"""Make the numbered stages importable (their file names start with a digit, so via importlib)."""
+"""Make the numbered stages importable (their file names start with a digit, so via importlib), give every test
+process one torch thread, and train the small model several test files attack once per `make test`.
+
+The suite runs on every core with pytest-xdist (`-n auto` in pytest.ini): one worker process per core, each with
+ONE torch thread (two threads per process spin-wait each other when the other core is busy: a 10x slow-down
+measured here), and OMP_NUM_THREADS=1 for the processes the tests start. Tests that must run in order, in one
+folder, share an `xdist_group` (the README commands, the notebooks, the crash tests): `--dist loadgroup` sends
+each group to one worker."""
 import importlib
 import os
 import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # before torch is imported, and for every subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -10,7 +19,7 @@ if ROOT not in sys.path:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 def stage(name):
@@ -32,12 +41,24 @@ def train_mod():
     return stage("03_adv_train")
 
 
+def shared_dir(tmp_path_factory):
+    """A folder every xdist worker of this run sees (the parent of the workers' own temporary folders), or this
+    process's own temporary folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory, train_mod):
-    """A small adversarially trained digits model (PGD-1, eps 32/255, 8 epochs, ~4 s), for attack tests."""
+    """A small adversarially trained digits model (PGD-1, eps 32/255, 8 epochs, ~4 s), for attack tests.
+    Trained once per test run: the first worker to ask trains it under a file lock, the others read its
+    final.pt (train() reuses a finished run with the same settings)."""
+    from filelock import FileLock   # comes with torch
     import sat_models
-    out = tmp_path_factory.mktemp("trained") / "digits_relu"
+    out = shared_dir(tmp_path_factory) / "trained" / "digits_relu"
+    out.parent.mkdir(parents=True, exist_ok=True)
     cfg = train_mod.preset_config("digits", act="relu", epochs=8, milestones=[6], out=str(out))
-    path = train_mod.train(cfg, quiet=True)
+    with FileLock(str(out) + ".lock"):
+        path = train_mod.train(cfg, quiet=True)
     model, _ = sat_models.model_from_checkpoint(path)
     return model, path

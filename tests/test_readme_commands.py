@@ -28,6 +28,9 @@ import pytest
 from conftest import ROOT
 from test_fashionmnist import write_fake_fashion
 
+# every command in one scratch copy, in reading order: one worker (see conftest.py)
+pytestmark = pytest.mark.xdist_group('readme_commands')
+
 STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
 NOT_RUN = {"make test": "this test suite itself"}
 PREFIXES = ("python ", "make ", "torchrun ")
