@@ -12,6 +12,7 @@ import torch
 import sat_data
 import sat_models
 import sat_plumbing
+import sat_training_run
 from conftest import ROOT
 
 
@@ -214,10 +215,10 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
 def test_several_models_each_at_its_usual_resolution_in_its_own_folder(train_mod, tmp_path):
     args = train_mod.parse_args(["--dataset", "imagenet", "--model", "resnet101", "efficientnet_b3", "--act", "silu", "relu",
                                  "--smooth-grad", "none", "--out", str(tmp_path)])
-    cfgs = train_mod.configs_from_args(args)
+    cfgs = sat_training_run.configs_from_args(train_mod, args)
     assert [(c.model, c.act, c.image_size, os.path.basename(c.out)) for c in cfgs] == [
         ("resnet101", "relu", 224, "imagenet_resnet101_relu_s0"), ("resnet101", "silu", 224, "imagenet_resnet101_silu_s0"),
         ("efficientnet_b3", "relu", 300, "imagenet_efficientnet_b3_relu_s0"), ("efficientnet_b3", "silu", 300, "imagenet_efficientnet_b3_silu_s0")]
-    sized = train_mod.configs_from_args(train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
+    sized = sat_training_run.configs_from_args(train_mod, train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
                                                               "--act", "silu", "--image-size", "64"]))
     assert sized[0].image_size == 64 and os.path.basename(sized[0].out) == "imagenet_efficientnet_b3_silu_s0"
