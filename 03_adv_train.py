@@ -54,7 +54,6 @@ attack = importlib.import_module("02_pgd")
 
 OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "03_adv_train")
 SMOOTH_GRAD_MODES = ("none", "attacker", "optimizer", "both")
-PIXELS = " (pixel units: 4 means 4/255"   # the hint of an eps or step refused
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -74,10 +73,10 @@ class Config:
     smooth_grad: str = setting("none", "relu only: who gets the smooth backward (Table 1)", choices=SMOOTH_GRAD_MODES)
     # attack used to craft training examples (stage 02)
     attack: str = setting("pgd", "the attack crafting the training examples; none = standard training", choices=("pgd", "none"))
-    eps: float = setting(64.0, "L-inf radius", "pixels/255 (64 = 64/255)", range=(0, 255), lo_open=True, hint=PIXELS + ")")
+    eps: float = setting(64.0, "L-inf radius", "pixels/255 (64 = 64/255)", range=(0, 255), lo_open=True, hint=" (pixel units: 4 means 4/255)")
     attack_steps: int = setting(1, "PGD-k during training; the paper: 1", "steps", range=(1, 100_000))
     attack_step: float = setting(0.0, "step size; 0 = stage 02's default_step (= eps for PGD-1)", "pixels/255",
-                                 range=(0, 255), hint=PIXELS + "; 0 = the default)")
+                                 range=(0, 255), hint=" (pixel units: 4 means 4/255; 0 = the default)")
     rand_start_prob: float = setting(1.0, "share of batches starting from a random point (paper's code: 0.8)", range=(0, 1))
     # optimisation (paper, ImageNet: SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90)
     epochs: int = setting(30, "passes over the training set", range=(1, 100_000))
