@@ -12,6 +12,7 @@ import torch
 import sat_data
 import sat_models
 import sat_plumbing
+import sat_training_run
 from conftest import ROOT
 
 
@@ -214,10 +215,101 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
 def test_several_models_each_at_its_usual_resolution_in_its_own_folder(train_mod, tmp_path):
     args = train_mod.parse_args(["--dataset", "imagenet", "--model", "resnet101", "efficientnet_b3", "--act", "silu", "relu",
                                  "--smooth-grad", "none", "--out", str(tmp_path)])
-    cfgs = train_mod.configs_from_args(args)
+    cfgs = sat_training_run.configs_from_args(train_mod, args)
     assert [(c.model, c.act, c.image_size, os.path.basename(c.out)) for c in cfgs] == [
         ("resnet101", "relu", 224, "imagenet_resnet101_relu_s0"), ("resnet101", "silu", 224, "imagenet_resnet101_silu_s0"),
         ("efficientnet_b3", "relu", 300, "imagenet_efficientnet_b3_relu_s0"), ("efficientnet_b3", "silu", 300, "imagenet_efficientnet_b3_silu_s0")]
-    sized = train_mod.configs_from_args(train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
+    sized = sat_training_run.configs_from_args(train_mod, train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
                                                               "--act", "silu", "--image-size", "64"]))
     assert sized[0].image_size == 64 and os.path.basename(sized[0].out) == "imagenet_efficientnet_b3_silu_s0"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Traps met by a user copying the pieces (issue 21), and the settings declared once
+
+@pytest.mark.parametrize("model", ["torchvision resnet18", "Sequential with nn.ReLU"])
+def test_smooth_grad_on_a_model_without_switchable_relu_is_refused(train_mod, model):
+    """smooth_grad='attacker' on a stock model would silently train plain ReLU (a wrong Table 1 row)."""
+    import torch.nn as nn
+    import torchvision
+    torch.manual_seed(0)
+    if model.startswith("torchvision"):
+        net, x = torchvision.models.resnet18(num_classes=10), torch.rand(2, 3, 32, 32)
+    else:
+        net, x = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), torch.rand(2, 1, 8, 8)
+    y = torch.tensor([1, 2])
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for mode in ("attacker", "optimizer", "both"):
+        with pytest.raises(ValueError, match=r"the model has no switchable ReLU .*smooth_grad=True"):
+            train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad=mode)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())   # refused before any step
+    train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="none")   # plain training is fine
+    train_mod.acts.swap_activations(net, "relu", smooth_grad=True)                           # the fix the message names
+    train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="attacker")
+
+
+def test_unknown_smooth_grad_mode_is_refused(train_mod):
+    model = sat_models.build_model({"dataset": "digits", "model": "digitsnet", "num_classes": 10, "act": "relu", "smooth_grad": "both"})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    for typo in ("atacker", True, "Both"):
+        with pytest.raises(ValueError, match="unknown smooth_grad .*; accepted: none, attacker, optimizer, both"):
+            train_mod.adversarial_training_step(model, x, y, opt, 0.1, 0.1, 1, smooth_grad=typo)
+
+
+INTERNAL = {"num_classes", "out"}   # filled from the data set; the run folder (--out names the runs folder)
+
+
+def test_parser_is_generated_from_config(train_mod, capsys, tmp_path):
+    """Every setting of Config has its flag, its help shows its default (the presets' where they differ), and
+    its declared range and names are what the command line checks: one error line each, exit 2."""
+    import dataclasses
+    parser_flags = set(train_mod.parse_args([]).__dict__)
+    fields = [f for f in dataclasses.fields(train_mod.Config) if f.name not in INTERNAL]
+    assert {f.name for f in fields} <= parser_flags
+    with pytest.raises(SystemExit):
+        train_mod.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    entries = {e.split()[0]: " ".join(e.split()) for e in help_text.split("options:")[1].split("\n  --")[1:]}
+    for f in fields:
+        assert "default:" in entries[f.name.replace("_", "-")], f.name
+    assert "default: the preset's: digits 30, cifar10 100" in " ".join(help_text.split())   # --epochs
+    assert "python 03_adv_train.py --act relu" in help_text                                 # an example
+    ranged = [f for f in fields if f.metadata.get("range")]
+    assert {f.name for f in ranged} >= {"eps", "epochs", "batch_size", "momentum", "milestones", "seed"}
+    for f in ranged:
+        lo, hi = f.metadata["range"]
+        bad = lo if f.metadata["lo_open"] else lo - 1
+        value = str(float(bad)) if isinstance(getattr(train_mod.Config(), f.name), float) else str(int(bad))
+        flag = "--" + f.name.replace("_", "-")
+        code, err = run_cli(train_mod, capsys, [flag, value, "--out", str(tmp_path)])
+        assert code == 2 and err.startswith(f"error: {flag} must be a finite number in ") and len(err.splitlines()) == 1, err
+    for f in fields:
+        if f.metadata.get("choices"):
+            flag = "--" + f.name.replace("_", "-")
+            code, err = run_cli(train_mod, capsys, [flag, "bogus", "--out", str(tmp_path)])
+            assert code == 2 and "unknown" in err and "'bogus'; accepted: " + ", ".join(f.metadata["choices"]) in err, err
+    assert not list(tmp_path.iterdir())                       # refused before any run folder
+    args = train_mod.parse_args(["--momentum", "0.5", "--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path)])
+    assert sat_training_run.configs_from_args(train_mod, args)[0].momentum == 0.5   # the flag momentum lacked
+
+
+def test_sweep_with_missing_data_is_refused_before_it_starts(train_mod, capsys, tmp_path):
+    """One error line, before "10 runs, 2 at a time" and before any run folder is made."""
+    code, err = run_cli(train_mod, capsys, ["--dataset", "cifar10", "--data", "/nonexistent", "--jobs", "2", "--out", str(tmp_path)])
+    assert code == 2 and err == "error: no CIFAR-10 at '/nonexistent/cifar-10-batches-py'; pass --download to fetch it, " \
+        "or --data to the folder holding cifar-10-batches-py/", err
+    assert "runs" not in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_the_two_times_of_a_run_are_named(train_mod, capsys, tmp_path):
+    """A run's own line gives its training time (the sum of its epochs' seconds in log.csv); the summary gives
+    the wall-clock time of each run, start-up included: two numbers, each saying what it is."""
+    sat_plumbing.run_cli(train_mod.main, ["--act", "relu", "silu", "--smooth-grad", "none", "--epochs", "1", "--steps-per-epoch", "2",
+                                          "--check-size", "8", "--quiet", "--jobs", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    for run in ("digits_relu_s0", "digits_silu_s0"):
+        history = sat_plumbing.load_checkpoint(str(tmp_path / run / "final.pt"))["metrics"]["history"]
+        assert f"{run}: trained in {sum(r['seconds'] for r in history):.1f} s (the sum of its epochs) ->" in out
+    assert "2 runs in" in out and "wall-clock time of each run, start-up (data, model, process) and saving included:" in out
