@@ -1,4 +1,5 @@
 """Stage 02: the L-infinity PGD attacker. PGD-1 crafts the training examples, PGD-200 evaluates.
+Measured: at eps 64/255 the standard digits model falls from 99.0% to 2.6% (FGSM), 0.0% (PGD-200) (python 02_pgd.py).
 
 Paper: arXiv:2006.14536, Section 2 (the inner maximisation of adversarial training) and its protocol:
   training attacker   PGD-1, eps = 4/255, step = eps, random start (the released code: a uniform point in
@@ -50,13 +51,6 @@ OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "02_pgd")
 def px(value_in_pixels: float) -> float:
     """Pixel units (0..255) -> [0, 1] units. The one place where '--eps 4' becomes 4/255."""
     return float(value_in_pixels) / 255.0
-
-
-def check_px(flag: str, value: float, zero_ok: bool = False) -> float:
-    """A radius or step size given on a command line, in pixel units: one error line unless it is a finite
-    number in (0, 255] ([0, 255] with zero_ok, where 0 means "the default"). 255 is the whole pixel range."""
-    return sat_plumbing.check_number(flag, value, 0, 255, lo_open=not zero_ok,
-                               hint=" (pixel units: 4 means 4/255" + ("; 0 = the default)" if zero_ok else ")"))
 
 
 def default_step(eps: float, steps: int) -> float:
@@ -177,6 +171,13 @@ def check_pixels(x):
 
 # ----------------------------------------------------------------------------------------------------
 # Running it: attack the standard digits model
+
+def check_px(flag: str, value: float, zero_ok: bool = False) -> float:
+    """A radius or step size given on a command line, in pixel units: one error line unless it is a finite
+    number in (0, 255] ([0, 255] with zero_ok, where 0 means "the default"). 255 is the whole pixel range."""
+    return sat_plumbing.check_number(flag, value, 0, 255, lo_open=not zero_ok,
+                                     hint=" (pixel units: 4 means 4/255" + ("; 0 = the default)" if zero_ok else ")"))
+
 
 def standard_digits_model(out_dir, device, seed=0, quiet=False):
     """Train (with stage 03's loop, attack 'none') or reuse the standard digits model. Returns (model, path).

@@ -1,4 +1,5 @@
 """Stage 02: the PGD attack against closed forms, invariants and an independent implementation."""
+import os
 import subprocess
 import sys
 
@@ -190,3 +191,15 @@ def test_no_gpu_sync_in_pgd(attack, monkeypatch):
 def test_cli_rejects_bad_eps():
     r = subprocess.run([sys.executable, "02_pgd.py", "--eps", "-4"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be a finite number in (0, 255] (pixel units: 4 means 4/255), got -4.0"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_quiet_hides_the_training_progress_bar(tmp_path, quiet):
+    """--quiet: no progress bar while the standard model trains; the attack table still prints.
+    SAT_SMOKE=1 shrinks the training to two steps (sat_plumbing.smoke_settings)."""
+    env = dict(os.environ, SAT_SMOKE="1")
+    r = subprocess.run([sys.executable, "02_pgd.py", "--steps", "1", "--out", str(tmp_path)] + ["--quiet"] * quiet,
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "robust acc" in r.stdout and "PGD-1 " in r.stdout
+    assert ("epoch 1/1" in r.stderr) is not quiet, r.stderr
