@@ -38,8 +38,8 @@ import sat_plumbing
 # Settings
 PSOFTPLUS_ALPHA = 10.0     # Parametric Softplus sharpness alpha (paper: 10); also the smooth-backward alpha
 SMOOTHRELU_ALPHA = 400.0   # SmoothReLU alpha at initialisation; learnable (released code: alpha = beta^2, beta0 = 20)
-FAST_PATHS = True          # False: every activation computes its plain formula below (slower; the same numbers
-                           # to ~1e-15 in float64, see tests/test_activations.py); True: the "Fast paths" section
+FAST_PATHS = True          # True: the modules run the "Fast paths" at the end (CPU kernels, fused GPU ones);
+                           # False: the plain formulas below (same function to ~1e-15 in float64, but slower)
 OUT_DIR = os.path.join("runs", "01_activations")   # where the figure and the table go
 
 
