@@ -21,7 +21,7 @@ This file holds the ONE implementation of the attack that stage 03, stage 04 and
                   the tensor (a GPU sync that pgd() itself does not pay on every training step).
 
 Run it:
-    python 02_pgd.py        # CPU, ~15 s: trains (or reuses) a standard digits model, attacks it
+    python 02_pgd.py        # CPU, ~9 s (2 cores): trains (or reuses) a standard digits model, attacks it
     python 02_pgd.py --eps 8 --steps 1 2 5 10    # other budgets; eps and steps in pixel units (8 = 8/255)
 Writes:
     runs/02_pgd/digits_standard/final.pt      the standard (non-adversarial) model, read by stage 04
