@@ -1,22 +1,20 @@
 """Stage 01: ReLU and its smooth replacements, the heart of Smooth Adversarial Training (SAT).
+Measured: across x = 0 (+-1e-7) ReLU's derivative jumps by 1, each smooth one's by <= 4e-5 (python 01_activations.py).
 
 Paper: Xie, Tan, Gong, Yuille, Le, "Smooth Adversarial Training", arXiv:2006.14536, Sections 3-4.
+The claim: ReLU's derivative is a step function, so the gradients that adversarial training needs (to craft
+the attack, and to update the weights) are poor; a smooth activation fixes both.
 
-The claim in one line: ReLU's derivative is a step function, so the gradients that adversarial training
-needs (to craft the attack, and to update the weights) are poor; a smooth activation fixes both.
-
-This file holds:
+This file holds, each first as the plain torch formula that autograd differentiates (what to copy):
   * the seven activations the paper compares (Figure 3), selectable by name:
         relu, softplus, psoftplus (Parametric Softplus, alpha=10), smoothrelu, silu, gelu, elu (alpha=1)
-  * SmoothGradReLU: "ReLU forward, smooth backward" (Section 3, Table 1). The forward pass is exactly
-    max(0, x); the backward pass uses sigmoid(alpha * x), the derivative of Parametric Softplus. It can be
-    switched on and off at run time, so stage 03 can give the smooth gradient to the attacker only, to the
-    optimizer only, or to both (the four rows of Table 1).
-  * swap_activations(): replace every nn.ReLU inside any model (torchvision ResNet-50 included) and report
-    what was replaced.
+  * SmoothGradReLU: "ReLU forward, smooth backward" (Section 3, Table 1), switched on and off at run time
+    by smooth_backward(), so stage 03 can give the smooth gradient to the attacker, the optimizer or both;
+  * swap_activations(): replace every nn.ReLU inside any model (torchvision ResNet-50 included);
+  * at the end, fast paths (same functions, fewer passes over memory) that the modules use by default.
 
 Run it:
-    python 01_activations.py            # CPU, ~3 s: draws the paper's Figure 2 and prints a table
+    python 01_activations.py            # CPU, ~2 s: draws the paper's Figure 2 and prints a table
 Writes:
     runs/01_activations/figure2_activations.png   functions (left) and autograd derivatives (right)
     runs/01_activations/activations_table.txt     f(0), derivative jump at 0, largest gap to ReLU
@@ -40,112 +38,34 @@ import sat_plumbing
 # Settings
 PSOFTPLUS_ALPHA = 10.0     # Parametric Softplus sharpness alpha (paper: 10); also the smooth-backward alpha
 SMOOTHRELU_ALPHA = 400.0   # SmoothReLU alpha at initialisation; learnable (released code: alpha = beta^2, beta0 = 20)
+FAST_PATHS = True          # True: the modules run the "Fast paths" at the end (CPU kernels, fused GPU ones);
+                           # False: the plain formulas below (same function to ~1e-15 in float64, but slower)
 OUT_DIR = os.path.join("runs", "01_activations")   # where the figure and the table go
 
 
 # ----------------------------------------------------------------------------------------------------
-# The smooth activations that PyTorch does not ship
-
-# Why hand-written forward and backward passes (torch.autograd.Function) below: on the CPU, PyTorch's
-# log1p, expm1, F.softplus and F.elu run ~10x slower per element than exp, log and sigmoid, which are
-# vectorised (measured: 36-40 ms against 2-6 ms on 4M floats, one thread), and a formula composed of
-# several ops makes autograd keep every intermediate for a long backward pass. Each function below is a few
-# vectorised passes forward, keeps only its input, and computes its closed-form derivative in one or two
-# passes backward: benchmarks/bench_activations.py measures what that buys in a training step. log(1 + u)
-# replaces log1p(u): for u = exp(-|z|) <= 1 or u = alpha x >= 0 the absolute error is a few units of the
-# floating-point epsilon (tests/test_activations.py holds each function to 1e-12 of its closed form in
-# float64, and gradcheck checks each backward).
-#
-# On a GPU the opposite holds: every elementwise op is one pass over memory, so a formula of many ops costs
-# many passes, while PyTorch's F.softplus and F.elu are one fused kernel each (measured on an H200,
-# ResNet-50 bf16: the functions below cost 1.24-1.40x ReLU's training step there). So on a GPU Softplus,
-# Parametric Softplus and ELU call PyTorch's fused kernels (fused() decides, by device).
-FUSED_SOFTPLUS_THRESHOLD = 20.0   # F.softplus returns x itself above alpha x > 20: off by log(1+e^-20)/alpha <= 2.1e-9/alpha
-
-
-def fused(x):
-    """True where this file's activations call PyTorch's single fused kernels (any device but the CPU)."""
-    return x.device.type != "cpu"
-
-
-def in_input_dtype(forward):
-    """Decorator: run an activation's forward with autocast off, in its input's dtype. CUDA autocast runs
-    softplus, log1p, exp, log and reciprocal in float32 (for accuracy in losses and norms), so a bf16
-    activation map would come out as float32, then be cast back by the next conv: two extra passes over
-    memory and twice the bytes (measured on an H200: F.softplus under autocast cost 1.55x ReLU's step).
-    Inside, PyTorch still computes each bf16 element in float32 and rounds only the result, like ReLU or
-    SiLU, which autocast leaves in bf16."""
-    @functools.wraps(forward)
-    def wrapper(self, x):
-        with torch.autocast(x.device.type, enabled=False):
-            return forward(self, x)
-    return wrapper
-
-
-class _Softplus(torch.autograd.Function):
-    """f(x) = log(1 + exp(alpha x)) / alpha = (max(z, 0) + log(1 + exp(-|z|))) / alpha with z = alpha x;
-    f'(x) = sigmoid(alpha x). exp() only ever sees a number <= 0, so it never overflows (exp(800) is inf
-    even in float64), and unlike F.softplus(x, beta) nothing switches to the identity above a threshold."""
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        z = x * alpha if alpha != 1 else x
-        y = z.abs().neg_().exp_().add_(1).log_()       # log(1 + exp(-|z|)), in (0, log 2]
-        y.add_(z.clamp_min(0))
-        return y.div_(alpha) if alpha != 1 else y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.sigmoid(x * ctx.alpha), None
-
+# The smooth activations that PyTorch does not ship. Each forward's last lines are the formula; autograd
+# differentiates it. (The first line hands the same function to its fast path, at the end of the file.)
 
 class ParametricSoftplus(nn.Module):
     """Parametric Softplus (paper Section 3):   f(x) = (1/alpha) * log(1 + exp(alpha * x)),
     f'(x) = sigmoid(alpha * x).  alpha -> infinity recovers ReLU; the paper uses alpha = 10; alpha = 1 is
-    the plain Softplus of Figure 3. Computed by _Softplus above on the CPU, by F.softplus on a GPU."""
+    the plain Softplus of Figure 3."""
 
     def __init__(self, alpha: float = PSOFTPLUS_ALPHA):
         super().__init__()
         self.alpha = float(alpha)
 
-    @in_input_dtype
     def forward(self, x):
-        if fused(x):
-            return F.softplus(x, beta=self.alpha, threshold=FUSED_SOFTPLUS_THRESHOLD)
-        return _Softplus.apply(x, self.alpha)
+        if FAST_PATHS:
+            return softplus_fast(x, self.alpha)
+        # log(1 + e^z) = logaddexp(z, 0) = max(z, 0) + log(1 + e^-|z|): never overflows, where the literal
+        # formula does (exp(800) is inf even in float64); f'(0) = 1/2 exactly
+        z = self.alpha * x
+        return torch.logaddexp(z, torch.zeros_like(z)) / self.alpha
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
-
-
-class _SmoothReLU(torch.autograd.Function):
-    """f = z - log(1 + alpha z) / alpha with z = max(x, 0) (0 for x < 0, never negative for x >= 0);
-    df/dx = alpha z / (1 + alpha z) = 1 - 1 / (1 + alpha z) (0 for x <= 0);
-    df/dalpha = log(1 + alpha z) / alpha^2 - z / (alpha (1 + alpha z)) = (log(1 + alpha z) - df/dx) / alpha^2,
-    summed over the elements (one alpha per module). Few passes: addcdiv / addcmul are one kernel each."""
-
-    @staticmethod
-    def forward(ctx, x, alpha):
-        z = x.clamp_min(0)
-        # log(1 + alpha z), kept for the alpha gradient; log1p is one kernel on a GPU but slow on the CPU
-        log_term = torch.log1p(z * alpha) if fused(x) else (z * alpha).add_(1).log_()
-        ctx.save_for_backward(z, log_term, alpha)
-        return torch.addcdiv(z, log_term, alpha, value=-1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, log_term, alpha = ctx.saved_tensors
-        inv = torch.addcmul(torch.ones_like(alpha), z, alpha).reciprocal_()   # 1 / (1 + alpha z)
-        grad_x = torch.addcmul(grad, grad, inv, value=-1)                     # grad * (1 - inv)
-        grad_alpha = None
-        if ctx.needs_input_grad[1]:   # sums in float32 at least (bf16 sums of a whole batch lose digits)
-            acc = torch.promote_types(grad.dtype, torch.float32)
-            total = (grad * log_term).sum(dtype=acc) - grad_x.sum(dtype=acc)
-            grad_alpha = (total / alpha.to(acc) ** 2).to(alpha.dtype).reshape(alpha.shape)
-        return grad_x, grad_alpha
 
 
 class SmoothReLU(nn.Module):
@@ -157,7 +77,6 @@ class SmoothReLU(nn.Module):
 
     alpha is learnable, one scalar per module, as in the paper's released code, which stores beta and uses
     alpha = beta^2 (always positive) with beta initialised to 20, i.e. alpha = 400 at the start.
-    Computed by _SmoothReLU above.
     """
 
     def __init__(self, alpha: float = SMOOTHRELU_ALPHA, learnable: bool = True):
@@ -167,35 +86,24 @@ class SmoothReLU(nn.Module):
         if not learnable:
             self.register_buffer("beta_fixed", beta)
 
-    @in_input_dtype
     def forward(self, x):
         beta = self.beta if self.beta is not None else self.beta_fixed
-        return _SmoothReLU.apply(x, (beta * beta).to(x.dtype))
-
-
-class _ELU(torch.autograd.Function):
-    """f(x) = x for x >= 0, exp(x) - 1 for x < 0 (alpha = 1) = max(x, 0) + exp(min(x, 0)) - 1;
-    f'(x) = exp(min(x, 0)) (1 for x >= 0)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp_max(0).exp_().sub_(1).add_(x.clamp_min(0))
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * x.clamp_max(0).exp_()
+        if FAST_PATHS:
+            return smoothrelu_fast(x, beta)
+        alpha = (beta * beta).to(x.dtype)
+        z = x.clamp_min(0)                            # 0 for x < 0; the formula's x for x >= 0
+        return z - torch.log1p(alpha * z) / alpha
 
 
 class ELU(nn.Module):
     """ELU with alpha = 1 (paper Figure 3; the only alpha whose derivative is continuous at 0), the same
-    function as nn.ELU(1.0), computed by _ELU above on the CPU (nn.ELU's expm1 kernel is slow there) and
-    by nn.ELU's F.elu on a GPU."""
+    function as nn.ELU(1.0):   f(x) = x for x >= 0, exp(x) - 1 for x < 0;  f'(x) = 1 for x >= 0, exp(x) below."""
 
-    @in_input_dtype
     def forward(self, x):
-        return F.elu(x) if fused(x) else _ELU.apply(x)
+        if FAST_PATHS:
+            return elu_fast(x)
+        # clamp_max: exp(x) of the branch not taken must not overflow (0 * inf is NaN in the backward pass)
+        return torch.where(x >= 0, x, torch.expm1(x.clamp_max(0)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -206,6 +114,7 @@ class _ReLUWithSmoothGrad(torch.autograd.Function):
 
     This is a deliberate lie to autograd: the backward is not the derivative of the forward. It lets the
     paper ask "what if only the gradient were smooth?" while every forward value stays exactly ReLU's.
+    No plain formula can say this, hence a hand-written autograd Function.
     """
 
     @staticmethod
@@ -266,7 +175,7 @@ def smooth_backward(model: nn.Module, on: bool):
 # Selecting an activation by name, and swapping it into any model
 
 # name -> (factory, formula for humans). nn.SiLU and nn.GELU are PyTorch's own (fast vectorised kernels);
-# the others are this file's (see above why); Softplus is Parametric Softplus with alpha = 1.
+# the others are this file's; Softplus is Parametric Softplus with alpha = 1.
 # GELU: the exact x * Phi(x) (erf form); the released TensorFlow code used the tanh approximation.
 ACTIVATIONS = {
     "relu": (lambda: nn.ReLU(), "max(0, x)"),
@@ -461,6 +370,127 @@ def main(argv=None):
     fig_path = os.path.join(args.out, "figure2_activations.png")
     draw_figure2(fig_path)
     print(f"wrote {fig_path}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast paths (skip on first reading): the same functions as the formulas above, computed faster
+
+# Why hand-written forward and backward passes (torch.autograd.Function) on the CPU: there PyTorch's log1p,
+# expm1, F.softplus and F.elu run ~10x slower per element than exp, log and sigmoid, which are
+# vectorised (measured: 36-40 ms against 2-6 ms on 4M floats, one thread), and a formula composed of several
+# ops makes autograd keep every intermediate for a long backward pass. Each function below is a few
+# vectorised passes forward, keeps only its input, and computes its closed-form derivative in one or two
+# passes backward: benchmarks/bench_activations.py measures what that buys in a training step. log(1 + u)
+# replaces log1p(u): for u = exp(-|z|) <= 1 or u = alpha x >= 0 the absolute error is a few units of the
+# floating-point epsilon (tests/test_activations.py holds each function to 1e-12 of its closed form and of
+# the plain formula above in float64, and gradcheck checks each backward).
+#
+# On a GPU the opposite holds: every elementwise op is one pass over memory, so a formula of many ops costs
+# many passes, while PyTorch's F.softplus and F.elu are one fused kernel each (measured on an H200,
+# ResNet-50 bf16: the functions below cost 1.24-1.40x ReLU's training step there). So on a GPU Softplus,
+# Parametric Softplus and ELU call PyTorch's fused kernels (fused() decides, by device).
+FUSED_SOFTPLUS_THRESHOLD = 20.0   # F.softplus returns x itself above alpha x > 20: off by log(1+e^-20)/alpha <= 2.1e-9/alpha
+
+
+def fused(x):
+    """True where this file's activations call PyTorch's single fused kernels (any device but the CPU)."""
+    return x.device.type != "cpu"
+
+
+def in_input_dtype(forward):
+    """Decorator: run an activation's forward with autocast off, in its input's dtype. CUDA autocast runs
+    softplus, log1p, exp, log and reciprocal in float32 (for accuracy in losses and norms), so a bf16
+    activation map would come out as float32, then be cast back by the next conv: two extra passes over
+    memory and twice the bytes (measured on an H200: F.softplus under autocast cost 1.55x ReLU's step).
+    Inside, PyTorch still computes each bf16 element in float32 and rounds only the result, like ReLU or
+    SiLU, which autocast leaves in bf16."""
+    @functools.wraps(forward)
+    def wrapper(x, *args):
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x, *args)
+    return wrapper
+
+
+class _Softplus(torch.autograd.Function):
+    """f(x) = log(1 + exp(alpha x)) / alpha = (max(z, 0) + log(1 + exp(-|z|))) / alpha with z = alpha x;
+    f'(x) = sigmoid(alpha x). exp() only ever sees a number <= 0, so it never overflows (exp(800) is inf
+    even in float64), and unlike F.softplus(x, beta) nothing switches to the identity above a threshold."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        z = x * alpha if alpha != 1 else x
+        y = z.abs().neg_().exp_().add_(1).log_()       # log(1 + exp(-|z|)), in (0, log 2]
+        y.add_(z.clamp_min(0))
+        return y.div_(alpha) if alpha != 1 else y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x * ctx.alpha), None
+
+
+@in_input_dtype
+def softplus_fast(x, alpha: float):
+    """ParametricSoftplus: _Softplus above on the CPU, PyTorch's fused F.softplus on a GPU."""
+    if fused(x):
+        return F.softplus(x, beta=alpha, threshold=FUSED_SOFTPLUS_THRESHOLD)
+    return _Softplus.apply(x, alpha)
+
+
+class _SmoothReLU(torch.autograd.Function):
+    """f = z - log(1 + alpha z) / alpha with z = max(x, 0) (0 for x < 0, never negative for x >= 0);
+    df/dx = alpha z / (1 + alpha z) = 1 - 1 / (1 + alpha z) (0 for x <= 0);
+    df/dalpha = log(1 + alpha z) / alpha^2 - z / (alpha (1 + alpha z)) = (log(1 + alpha z) - df/dx) / alpha^2,
+    summed over the elements (one alpha per module). Few passes: addcdiv / addcmul are one kernel each."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):
+        z = x.clamp_min(0)
+        # log(1 + alpha z), kept for the alpha gradient; log1p is one kernel on a GPU but slow on the CPU
+        log_term = torch.log1p(z * alpha) if fused(x) else (z * alpha).add_(1).log_()
+        ctx.save_for_backward(z, log_term, alpha)
+        return torch.addcdiv(z, log_term, alpha, value=-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, log_term, alpha = ctx.saved_tensors
+        inv = torch.addcmul(torch.ones_like(alpha), z, alpha).reciprocal_()   # 1 / (1 + alpha z)
+        grad_x = torch.addcmul(grad, grad, inv, value=-1)                     # grad * (1 - inv)
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:   # sums in float32 at least (bf16 sums of a whole batch lose digits)
+            acc = torch.promote_types(grad.dtype, torch.float32)
+            total = (grad * log_term).sum(dtype=acc) - grad_x.sum(dtype=acc)
+            grad_alpha = (total / alpha.to(acc) ** 2).to(alpha.dtype).reshape(alpha.shape)
+        return grad_x, grad_alpha
+
+
+@in_input_dtype
+def smoothrelu_fast(x, beta):
+    """SmoothReLU with alpha = beta^2: _SmoothReLU above on every device (its log1p on a GPU)."""
+    return _SmoothReLU.apply(x, (beta * beta).to(x.dtype))
+
+
+class _ELU(torch.autograd.Function):
+    """f(x) = x for x >= 0, exp(x) - 1 for x < 0 (alpha = 1) = max(x, 0) + exp(min(x, 0)) - 1;
+    f'(x) = exp(min(x, 0)) (1 for x >= 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_max(0).exp_().sub_(1).add_(x.clamp_min(0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * x.clamp_max(0).exp_()
+
+
+@in_input_dtype
+def elu_fast(x):
+    """ELU: _ELU above on the CPU (nn.ELU's expm1 kernel is slow there), PyTorch's fused F.elu on a GPU."""
+    return F.elu(x) if fused(x) else _ELU.apply(x)
 
 
 if __name__ == "__main__":

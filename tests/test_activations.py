@@ -188,3 +188,52 @@ def test_gpu_forms_run_with_autocast_off(acts, name, monkeypatch):
         assert torch.is_autocast_enabled("cpu")
         act(x).sum().backward()
     assert seen and not any(seen)
+
+
+# Each activation is written twice in stage 01: the plain formula autograd differentiates (FAST_PATHS = False)
+# and the fast path the modules use by default. Both must be the same function with the same derivative
+# (micrograd's habit: build it both ways in float64, compare forward and backward), at large |x| and at 0 too.
+X_AGREE = [-800.0, -50.0, -6.0, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 6.0, 50.0, 800.0]
+
+
+def _value_and_grads(acts, make, fast, monkeypatch):
+    """f(x), df/dx and, for SmoothReLU, df/dbeta summed (alpha = beta^2, so the alpha gradient times 2 beta)."""
+    monkeypatch.setattr(acts, "FAST_PATHS", fast)
+    torch.manual_seed(0)
+    act = make().double()
+    x = torch.tensor(X_AGREE, dtype=torch.float64, requires_grad=True)
+    g_out = torch.rand(len(X_AGREE), dtype=torch.float64) + 0.5   # a weighted sum, so each element counts
+    g_out[X_AGREE.index(0.0)] = 1.0                               # ... and the gradient at 0 is f'(0) itself
+    y = act(x)
+    params = list(act.parameters())
+    grads = torch.autograd.grad(y, [x] + params, g_out)
+    return [y.detach()] + list(grads)
+
+
+@pytest.mark.parametrize("name, make", [("softplus alpha 1", lambda acts: acts.ParametricSoftplus(1.0)),
+                                        ("psoftplus alpha 10", lambda acts: acts.ParametricSoftplus(10.0)),
+                                        ("smoothrelu", lambda acts: acts.SmoothReLU(400.0)),
+                                        ("smoothrelu alpha 3", lambda acts: acts.SmoothReLU(3.0)),
+                                        ("elu", lambda acts: acts.ELU())])
+def test_plain_formula_and_fast_path_agree_float64(acts, name, make, monkeypatch):
+    plain = _value_and_grads(acts, lambda: make(acts), False, monkeypatch)
+    fast = _value_and_grads(acts, lambda: make(acts), True, monkeypatch)
+    assert len(plain) == len(fast) == (3 if "smoothrelu" in name else 2)   # value, x-gradient (, alpha-gradient)
+    for what, p, f in zip(["value", "x-gradient", "alpha-gradient"], plain, fast):
+        assert torch.isfinite(p).all() and torch.isfinite(f).all(), what
+        torch.testing.assert_close(f, p, rtol=1e-12, atol=1e-14, msg=f"{name}: {what}")
+    x = torch.tensor(X_AGREE, dtype=torch.float64)
+    if "alpha" in name and "smoothrelu" not in name:   # f'(0) = sigmoid(0) = 1/2 in both
+        assert plain[1][x == 0].item() == fast[1][x == 0].item() == 0.5
+    if name == "elu":                                  # f'(0) = 1 from both sides, in both
+        assert plain[1][x == 0].item() == fast[1][x == 0].item() == 1.0
+
+
+@pytest.mark.parametrize("name", list(CLOSED_FORMS))
+def test_plain_formulas_match_closed_form_and_gradcheck_float64(acts, name, monkeypatch):
+    monkeypatch.setattr(acts, "FAST_PATHS", False)
+    act = acts.make_activation(name).double()
+    got = act(torch.tensor(X, dtype=torch.float64)).detach().numpy()
+    np.testing.assert_allclose(got, CLOSED_FORMS[name](X), rtol=1e-12, atol=1e-12)
+    x = torch.tensor([-3.0, -0.7, -0.05, 0.03, 0.4, 2.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(act, (x,))

@@ -1,4 +1,5 @@
 """Stage 02: the PGD attack against closed forms, invariants and an independent implementation."""
+import os
 import subprocess
 import sys
 
@@ -131,10 +132,10 @@ def test_agrees_with_torchattacks(attack, trained_digits):
 
 
 @pytest.mark.parametrize("kw, msg", [(dict(eps=-0.1), "eps must be >= 0"), (dict(step=0.0), "step must be > 0"),
-                                     (dict(steps=0), "steps must be an integer >= 1"), (dict(shift=1.5), "inputs must be pixels in")])
+                                     (dict(steps=0), "steps must be an integer >= 1")])
 def test_bad_arguments_one_clear_line(attack, kw, msg):
     model = tiny_cnn()
-    x, y = torch.rand(4, 1, 8, 8) * kw.get("shift", 1.0), torch.randint(0, 10, (4,))
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
     args = dict(eps=kw.get("eps", 0.1), step=kw.get("step", 0.01), steps=kw.get("steps", 2))
     for fn in (attack.pgd, attack.pgd_eval):
         with pytest.raises(ValueError, match=msg) as e:
@@ -142,6 +143,63 @@ def test_bad_arguments_one_clear_line(attack, kw, msg):
         assert "\n" not in str(e.value)
 
 
+def test_normalised_inputs_are_refused_where_data_enters(attack):
+    """The pixel-range check reads the tensor (a GPU sync), so it left pgd and lives in check_pixels, which
+    an evaluation or a notebook calls once on its data; pixels in [0, 1] pass through unchanged."""
+    x = torch.rand(4, 1, 8, 8)
+    assert attack.check_pixels(x) is x
+    for bad in (x * 1.5, (x - 0.5) / 0.25):   # above 1; normalised with mean 0.5, std 0.25
+        with pytest.raises(ValueError, match="inputs must be pixels in") as e:
+            attack.check_pixels(bad)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("eps, step", [(4, 4), (4, 1), (0.1, 2), (float("inf"), 0.01)])
+def test_eps_in_pixels_is_refused_with_a_hint(attack, eps, step):
+    """pgd(model, x, y, 4, 4, 1): eps in pixels, px() forgotten, would attack the whole pixel range."""
+    model = tiny_cnn()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    for fn in (attack.pgd, attack.pgd_eval):
+        with pytest.raises(ValueError, match=r"eps and step are in \[0, 1\] units: use px\(4\) for 4/255") as e:
+            fn(model, x, y, eps, step, 1)
+        assert "\n" not in str(e.value)
+    assert attack.pgd(model, x, y, 1.0, 1.0, 1).shape == x.shape   # the whole range, asked for in [0, 1] units
+
+
+def test_pgd_needs_nothing_but_torch(attack):
+    """pgd is what a reader copies: the only module-level names its code uses are torch and F."""
+    own = {n for n, v in vars(attack).items() if not n.startswith("__")} - {"torch", "F"}
+    assert not own & set(attack.pgd.__code__.co_names), own & set(attack.pgd.__code__.co_names)
+
+
+def test_no_gpu_sync_in_pgd(attack, monkeypatch):
+    """pgd reads no tensor value of its inputs: only the random-start coin (a CPU number) is read."""
+    seen = []
+    real = torch.Tensor.item
+
+    def spy(t):
+        seen.append(t.device.type)
+        return real(t)
+    monkeypatch.setattr(torch.Tensor, "item", spy)
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: pytest.fail("pgd read the input's range"))
+    model = tiny_cnn()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    attack.pgd(model, x, y, 0.1, 0.05, 2, rand_start_prob=0.5)
+    assert seen == ["cpu"]   # the coin
+
+
 def test_cli_rejects_bad_eps():
     r = subprocess.run([sys.executable, "02_pgd.py", "--eps", "-4"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be a finite number in (0, 255] (pixel units: 4 means 4/255), got -4.0"
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_quiet_hides_the_training_progress_bar(tmp_path, quiet):
+    """--quiet: no progress bar while the standard model trains; the attack table still prints.
+    SAT_SMOKE=1 shrinks the training to two steps (sat_plumbing.smoke_settings)."""
+    env = dict(os.environ, SAT_SMOKE="1")
+    r = subprocess.run([sys.executable, "02_pgd.py", "--steps", "1", "--out", str(tmp_path)] + ["--quiet"] * quiet,
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "robust acc" in r.stdout and "PGD-1 " in r.stdout
+    assert ("epoch 1/1" in r.stderr) is not quiet, r.stderr
