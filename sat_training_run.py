@@ -331,6 +331,7 @@ def configs_from_args(stage, args) -> list:
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     seeds = sat_plumbing.smoke_settings("train", {"seeds": seeds})["seeds"]   # SAT_SMOKE=1: two show a sweep works
     models = args.model or [stage.PRESETS[args.dataset]["model"]]
+    models = sat_plumbing.smoke_settings("train", {"models": models})["models"]   # SAT_SMOKE=1: two show a sweep works
     out_root = sat_plumbing.check_out_dir(args.out) if args.out else stage.OUT_DIR
     cfgs = []
     for model in models:

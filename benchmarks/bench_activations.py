@@ -100,10 +100,11 @@ def main():
 
 
 def cpu_costs(args, rows):
+    b = sat_plumbing.smoke_settings("benchmark", {"batch": 64})["batch"]   # SAT_SMOKE=1: 8 (figures meaningless)
     x, y = sat_data.digits_tensors("train")
     report("digits model (DigitsNet, 20k parameters), batch 64, eps 64/255, CPU",
-           activation_costs("digits", "digitsnet", x[:64], y[:64], 64, repeats=5 if args.quick else 15, inner=10), rows)
-    xc, yc = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+           activation_costs("digits", "digitsnet", x[:b], y[:b], 64, repeats=5 if args.quick else 15, inner=10), rows)
+    xc, yc = torch.rand(b, 3, 32, 32), torch.randint(0, 10, (b,))
     report("CIFAR ResNet-18, batch 64, eps 8/255, CPU",
            activation_costs("cifar10", "cifar_resnet18", xc, yc, 8, repeats=3 if args.quick else 7, inner=1), rows)
 

@@ -146,26 +146,29 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats (~1 min)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    # SAT_SMOKE=1 (the README command test): one thread, 8-image batches, 16 test images, PGD-3; figures meaningless
+    size = sat_plumbing.smoke_settings("benchmark", {"threads": 2, "batch": 64, "images": 500, "steps": 200})
+    torch.set_num_threads(size["threads"])
     torch.manual_seed(0)
     reps = 3 if args.quick else 7
+    b = size["batch"]
 
     print("a. one PGD step vs one training step (CPU, 2 threads)")
     resnet = torch.nn.Sequential(sat_models.Normalize((0.5,) * 3, (0.25,) * 3), sat_models.cifar_resnet18())
-    x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    x, y = torch.rand(b, 3, 32, 32), torch.randint(0, 10, (b,))
     step_timings("CIFAR ResNet-18, eps 8/255", resnet, x, y, attack.px(8), reps, inner=1)
 
     digits = torch.nn.Sequential(sat_models.Normalize((0.3,), (0.4,)), sat_models.DigitsNet(16))
     x, y = sat_data.digits_tensors("train")
-    step_timings("DigitsNet(16), eps 64/255", digits, x[:64], y[:64], attack.px(64), reps, inner=50)
+    step_timings("DigitsNet(16), eps 64/255", digits, x[:b], y[:b], attack.px(64), reps, inner=50)
 
     print("\nb. PGD-200 evaluation, step eps/4, random start, 500 digits test images")
     model, ckpt = adversarially_trained_digits_model()
-    x, y = sat_data.digits_tensors("test")
+    x, y = (t[:size["images"]] for t in sat_data.digits_tensors("test"))
     print(f"{'eps/255':>7} {'ours (s)':>9} {'theirs(s)':>9} {'speedup':>8} {'ideal':>7} {'our acc':>9} {'their acc':>10}")
     train_eps = float(ckpt["config"]["eps"])
     for eps_px in (train_eps, 1.125 * train_eps, 1.25 * train_eps):   # robust accuracy ~50%, ~25%, ~7%
-        eval_timings(model, x, y, eps_px, repeats=2 if args.quick else 3)
+        eval_timings(model, x, y, eps_px, repeats=2 if args.quick else 3, steps=size["steps"])
 
 
 if __name__ == "__main__":

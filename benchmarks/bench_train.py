@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 import sat_data  # noqa: E402
 import sat_models  # noqa: E402
+import sat_plumbing  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
@@ -76,14 +77,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and 5-epoch trainings")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    # SAT_SMOKE=1 (the README command test): one thread, 8-image batches; the figures mean nothing then
+    size = sat_plumbing.smoke_settings("benchmark", {"threads": 2, "batch": 64})
+    torch.set_num_threads(size["threads"])
     torch.manual_seed(0)
+    b = size["batch"]
 
     print("1. one PGD-1 adversarial training step vs one standard training step (CPU, 2 threads)")
     x, y = sat_data.digits_tensors("train")
-    step_ratio("digits model (DigitsNet 16, relu)", train_mod.preset_config("digits"), x[:64], y[:64],
+    step_ratio("digits model (DigitsNet 16, relu)", train_mod.preset_config("digits"), x[:b], y[:b],
                repeats=3 if args.quick else 7, inner=20 if args.quick else 50)
-    x, y = torch.rand(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    x, y = torch.rand(b, 3, 32, 32), torch.randint(0, 10, (b,))
     step_ratio("CIFAR ResNet-18 (relu)", train_mod.preset_config("cifar10"), x, y,
                repeats=2 if args.quick else 5, inner=1)
 
