@@ -297,6 +297,7 @@ def main(argv=None):
           + (", AutoAttack" if args.autoattack else ""))
     print(sat_report.ROW_HEADER)
     jobs = min(args.jobs or (sat_plumbing.cpu_count() if device.type == "cpu" else 1), len(paths))
+    jobs = sat_plumbing.smoke_settings("eval", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
     t_all = time.time()
     results = [None] * len(paths)   # one process per checkpoint (sat_plumbing.in_processes); the same numbers as --jobs 1
     for i, (r, cached, sec) in sat_plumbing.in_processes(evaluate_job, [(path, args, str(device)) for path in paths], jobs):

@@ -32,12 +32,26 @@ NUM_CLASSES = {"digits": 10, "cifar10": 10, "fashionmnist": 10}
 DIGITS_N_TRAIN = 1297   # the remaining 500 of the 1797 digits are the test split
 
 
+def load_digits():
+    """scikit-learn's digits as numpy arrays: images (1797, 8, 8) of values 0..16, labels (1797,). They are the
+    file `load_digits()` reads, sklearn/datasets/data/digits.csv.gz (one image a row, 64 pixels then the label),
+    read here as load_digits reads it but without importing scikit-learn, which costs 1.5 s of CPU in every
+    process (tests/test_train.py checks that both give the same arrays)."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")   # finds the installed package without running its code
+    if spec is None:
+        raise UserError("scikit-learn is not installed (its digits are the built-in data set): pip install scikit-learn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 def digits_tensors(split: str):
     """(x, y) for 'train' or 'test': x (N, 1, 8, 8) float32 in [0, 1] (raw values 0..16 divided by 16)."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)   # (1797, 1, 8, 8)
-    y = torch.tensor(d.target, dtype=torch.long)
+    images, target = load_digits()
+    x = torch.tensor(images / 16.0, dtype=torch.float32).unsqueeze(1)   # (1797, 1, 8, 8)
+    y = torch.tensor(target, dtype=torch.long)
     perm = torch.from_numpy(np.random.RandomState(0).permutation(len(y)))
     idx = perm[:DIGITS_N_TRAIN] if split == "train" else perm[DIGITS_N_TRAIN:]
     return x[idx], y[idx]

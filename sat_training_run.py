@@ -368,6 +368,7 @@ def sweep(stage, args):
     if world > 1 and jobs > 1:
         raise sat_plumbing.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
     jobs = min(jobs, len(cfgs))
+    jobs = sat_plumbing.smoke_settings("train", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
     for split in ("train", "test"):   # missing data: one error line now, not one per run after its folder is made
         sat_data.get_dataset(cfgs[0].dataset, split, cfgs[0].data, cfgs[0].image_size, cfgs[0].download)
     if world > 1 and not dist.is_initialized():

@@ -69,7 +69,7 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weights differ from the uninterrupted run"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # session: once per worker, whatever runs in between
 def uninterrupted(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("straight"))
     r = run(ARGS + ["--out", out])

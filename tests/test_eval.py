@@ -17,13 +17,13 @@ ev = importlib.import_module("04_eval")
 FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # once per worker, whatever runs in between
 def test_set():
     x, y = sat_data.digits_tensors("test")
     return x[:200], y[:200]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")   # once per worker, whatever runs in between
 def honest(trained_digits, test_set):
     model, path = trained_digits
     x, y = test_set

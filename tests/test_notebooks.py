@@ -69,18 +69,23 @@ def execute(nb, cwd):
                             record_timing=False).execute()
 
 
-@pytest.fixture(scope="module")
-def quick_env(tmp_path_factory):
-    """Quick mode, a temporary runs folder, the repo root named for notebooks run from elsewhere, and the kernel
+@pytest.fixture(scope="session")
+def notebook_dirs(tmp_path_factory):
+    """The runs folder every notebook of this test run shares, and an empty folder for the stage outputs: made
+    once per session, so that a test of another file run in between changes nothing."""
+    return str(tmp_path_factory.mktemp("notebook_runs")), str(tmp_path_factory.mktemp("no_stage_outputs"))
+
+
+@pytest.fixture
+def quick_env(notebook_dirs, monkeypatch):
+    """Quick mode, the shared runs folder, the repo root named for notebooks run from elsewhere, and the kernel
     lookup `make notebooks` uses (JUPYTER_PREFER_ENV_PATH=1); the kernel inherits these. Restored afterwards."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SAT_NOTEBOOK_QUICK", "1")
-    mp.setenv("SAT_RUNS_DIR", str(tmp_path_factory.mktemp("notebook_runs")))
-    mp.setenv("SAT_STAGE_RUNS", str(tmp_path_factory.mktemp("no_stage_outputs")))   # as on a fresh clone
-    mp.setenv("SAT_REPO_ROOT", ROOT)
-    mp.setenv("JUPYTER_PREFER_ENV_PATH", "1")
-    yield
-    mp.undo()
+    runs, no_stage_outputs = notebook_dirs
+    monkeypatch.setenv("SAT_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("SAT_RUNS_DIR", runs)
+    monkeypatch.setenv("SAT_STAGE_RUNS", no_stage_outputs)   # as on a fresh clone
+    monkeypatch.setenv("SAT_REPO_ROOT", ROOT)
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
 
 
 def test_every_source_has_both_editions():

@@ -28,10 +28,14 @@ import pytest
 from conftest import ROOT
 from test_fashionmnist import write_fake_fashion
 
-# every command in one scratch copy, in reading order: one worker (see conftest.py)
-pytestmark = pytest.mark.xdist_group('readme_commands')
 
 STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
+# The commands run in three parts, each in reading order on one worker (an xdist_group, see conftest.py), so that
+# both cores work: the README up to the first line that starts with a marker here, then up to the second, then
+# the rest with the stages' docstrings (about a third of the work each). No command of a part reads what another part wrote: each part runs in a scratch copy of
+# its own (`user_dirs`), made once per worker and kept for the whole session (a module-scoped fixture would be
+# made anew whenever the worker runs a test of another file between two commands).
+PARTS = ("**ImageNet, ResNet-50", "## Notebooks")
 NOT_RUN = {"make test": "this test suite itself"}
 PREFIXES = ("python ", "make ", "torchrun ")
 
@@ -64,14 +68,27 @@ def docstring_commands(path):
             if line.startswith("    ") and line.strip().startswith(("python ", "torchrun "))]
 
 
+def readme_parts(text):
+    """The README cut before the first line starting with each marker of PARTS: len(PARTS) + 1 texts."""
+    parts = []
+    for marker in PARTS:
+        head, sep, text = text.partition("\n" + marker)
+        assert sep, f"README.md has no line starting with {marker!r} (tests/test_readme_commands.py PARTS)"
+        parts.append(head)
+        text = sep + text
+    return parts + [text]
+
+
 def all_commands():
-    cmds = [("README", c) for c in readme_commands(open(os.path.join(ROOT, "README.md")).read())]
-    cmds += [(s, c) for s in STAGES for c in docstring_commands(os.path.join(ROOT, s))]
+    """(source, command, part) in reading order; the stages' docstrings belong to the last part."""
+    parts = readme_parts(open(os.path.join(ROOT, "README.md")).read())
+    cmds = [("README", c, i) for i, part in enumerate(parts) for c in readme_commands(part)]
+    cmds += [(s, c, len(parts) - 1) for s in STAGES for c in docstring_commands(os.path.join(ROOT, s))]
     seen, out = set(), []
-    for src, c in cmds:   # a command met twice runs once, where it is first met
+    for src, c, part in cmds:   # a command met twice runs once, where it is first met
         if c not in NOT_RUN and c not in seen:
             seen.add(c)
-            out.append((src, c))
+            out.append((src, c, part))
     return out
 
 
@@ -80,12 +97,13 @@ COMMANDS = all_commands()
 
 def test_the_commands_are_found():
     """The extraction itself: if it silently found nothing, every other test here would pass vacuously."""
-    readme = [c for src, c in COMMANDS if src == "README"]
+    readme = [c for src, c, _ in COMMANDS if src == "README"]
     assert "make run" in readme and len(readme) >= 10
     assert any(c.startswith("torchrun --nnodes") for c in readme)
     for s in STAGES:
         assert docstring_commands(os.path.join(ROOT, s)), f"no command found in {s}'s docstring"
-    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 15") in COMMANDS   # met there first
+    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 15", len(PARTS)) in COMMANDS   # met there first
+    assert {part for _, _, part in COMMANDS} == set(range(len(PARTS) + 1))   # every part holds commands
     assert readme_commands("```bash\npython a.py \\\n    --x 1   # note\n# only a comment\n```\n`make b` and `ls`") == \
         ["python a.py --x 1", "make b"]
 
@@ -118,11 +136,21 @@ def write_fake_imagenet(root, classes=3, per_class=6):
                 Image.fromarray(rng.randint(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(d / f"img{i}.JPEG")
 
 
-@pytest.fixture(scope="module")
-def user_dir(tmp_path_factory):
+@pytest.fixture(scope="session")
+def user_dirs(tmp_path_factory):
+    """user_dirs(part) -> that part's scratch copy, made the first time it is asked for."""
+    made = {}
+
+    def get(part):
+        if part not in made:
+            made[part] = make_user_dir(tmp_path_factory.mktemp(f"user_part{part}"))
+        return made[part]
+    return get
+
+
+def make_user_dir(root):
     """A scratch copy of the repo (its tracked and new files, mtimes kept so that make sees the installed
     .venv as up to date), with the repo's .venv linked in and the generated data sets."""
-    root = tmp_path_factory.mktemp("user")
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
@@ -146,8 +174,10 @@ def shrink(cmd, root):
     return re.sub(r"--master_port \d+", f"--master_port {free_port()}", cmd)
 
 
-@pytest.mark.parametrize("source, command", COMMANDS, ids=[f"{s}: {c[:70]}" for s, c in COMMANDS])
-def test_command_runs_as_written(source, command, user_dir):
+@pytest.mark.parametrize("source, command, part", [pytest.param(*cmd, marks=pytest.mark.xdist_group(f"readme_part{cmd[2]}"))
+                                                   for cmd in COMMANDS], ids=[f"{s}: {c[:70]}" for s, c, _ in COMMANDS])
+def test_command_runs_as_written(source, command, part, user_dirs):
+    user_dir = user_dirs(part)
     bin_dir = os.path.dirname(sys.executable)   # the .venv's python, torchrun, ... come first on PATH
     env = {**os.environ, "SAT_SMOKE": "1", "SAT_NOTEBOOK_QUICK": "1", "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(free_port()),
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),

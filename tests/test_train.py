@@ -313,3 +313,15 @@ def test_the_two_times_of_a_run_are_named(train_mod, capsys, tmp_path):
         history = sat_plumbing.load_checkpoint(str(tmp_path / run / "final.pt"))["metrics"]["history"]
         assert f"{run}: trained in {sum(r['seconds'] for r in history):.1f} s (the sum of its epochs) ->" in out
     assert "2 runs in" in out and "wall-clock time of each run, start-up (data, model, process) and saving included:" in out
+
+
+def test_digits_are_scikit_learns_load_digits():
+    """sat_data reads the digits' CSV itself (no scikit-learn import): the same arrays as load_digits()."""
+    from sklearn.datasets import load_digits
+    import numpy as np
+    d = load_digits()
+    images, target = sat_data.load_digits()
+    assert np.array_equal(images, d.images) and images.dtype == d.images.dtype
+    assert np.array_equal(target, d.target)
+    x, y = sat_data.digits_tensors("test")
+    assert x.shape == (500, 1, 8, 8) and y.shape == (500,) and x.max() == 1.0 and x.min() == 0.0
