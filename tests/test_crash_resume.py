@@ -129,7 +129,8 @@ def test_torchrun_max_restarts_recovers_from_a_killed_worker(tmp_path):
     def torchrun(out):
         # --standalone: a rendezvous on a free local port, as in the README's one-node command
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "--max-restarts", "1", "03_adv_train.py"] + ARGS + ["--epochs", "3", "--checkpoint-every", "3", "--out", out]
+                "--max-restarts", "1", "03_adv_train.py"] + ARGS + ["--epochs", "3", "--steps-per-epoch", "8",
+                                                                    "--checkpoint-every", "3", "--out", out]
     straight = subprocess.run(torchrun(str(tmp_path / "a")), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
