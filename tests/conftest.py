@@ -3,9 +3,11 @@ process one torch thread, and train the small model several test files attack on
 
 The suite runs on every core with pytest-xdist (`-n auto` in pytest.ini): one worker process per core, each with
 ONE torch thread (two threads per process spin-wait each other when the other core is busy: a 10x slow-down
-measured here), and OMP_NUM_THREADS=1 for the processes the tests start. Tests that must run in order, in one
-folder, share an `xdist_group` (the README commands, the notebooks, the crash tests): `--dist loadgroup` sends
-each group to one worker."""
+measured here), and OMP_NUM_THREADS=1 for the processes the tests start. `--dist loadscope` sends each test
+file, and each test class, to one worker, whose tests then run in order: the notebooks (the student editions
+reuse what the full ones trained), the crash tests (one uninterrupted run for all), each part of the README
+commands (a class each: they read what earlier commands of their part wrote). (`--dist loadgroup` with
+`xdist_group` marks would be finer, but with pytest 9.2 and pytest-xdist 3.8 it spreads a group over workers.)"""
 import importlib
 import os
 import sys
@@ -20,6 +22,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def free_port():
+    """A TCP port no other process listens on now (each torchrun job of the suite gets its own: two workers run
+    jobs at the same time)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stage(name):

@@ -14,9 +14,6 @@ import torch
 import sat_plumbing
 from conftest import ROOT
 
-# the uninterrupted run is trained once for all the crash tests: one worker (see conftest.py)
-pytestmark = pytest.mark.xdist_group('crash_resume')
-
 # 2 epochs of 20 steps (1297 digits, batch 64), a checkpoint every 5 steps and at each epoch end
 ARGS = ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--milestones", "1", "--check-size", "32",
         "--checkpoint-every", "5", "--resume", "--quiet", "--device", "cpu"]

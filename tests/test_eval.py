@@ -10,9 +10,6 @@ import torch.nn as nn
 import sat_data
 import sat_plumbing
 
-# the `honest` evaluation is made once for this file's tests: one worker (see conftest.py)
-pytestmark = pytest.mark.xdist_group('eval')
-
 ev = importlib.import_module("04_eval")
 FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
 

@@ -30,9 +30,6 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 preprocessors = pytest.importorskip("nbconvert.preprocessors")
 
-# the full editions train what the student editions reuse, in order: one worker (see conftest.py)
-pytestmark = pytest.mark.xdist_group('notebooks')
-
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
 STUDENT_DIR = os.path.join(NOTEBOOK_DIR, "student")
 # the sources, found as the Makefile finds them (notebooks/0*_*.py): nbsetup.py is plumbing, not a notebook

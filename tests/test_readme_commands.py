@@ -18,19 +18,18 @@ Not run: `make test` (it is this suite). Editing a command in the README so that
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_fashionmnist import write_fake_fashion
 
 
 STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
-# The commands run in three parts, each in reading order on one worker (an xdist_group, see conftest.py), so that
+# The commands run in three parts, each in reading order on one worker (a test class, see conftest.py), so that
 # both cores work: the README up to the first line that starts with a marker here, then up to the second, then
 # the rest with the stages' docstrings (about a third of the work each). No command of a part reads what another part wrote: each part runs in a scratch copy of
 # its own (`user_dirs`), made once per worker and kept for the whole session (a module-scoped fixture would be
@@ -108,12 +107,6 @@ def test_the_commands_are_found():
         ["python a.py --x 1", "make b"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_fake_cifar(folder, n=8):
     import pickle
     folder.mkdir(parents=True)
@@ -174,10 +167,7 @@ def shrink(cmd, root):
     return re.sub(r"--master_port \d+", f"--master_port {free_port()}", cmd)
 
 
-@pytest.mark.parametrize("source, command, part", [pytest.param(*cmd, marks=pytest.mark.xdist_group(f"readme_part{cmd[2]}"))
-                                                   for cmd in COMMANDS], ids=[f"{s}: {c[:70]}" for s, c, _ in COMMANDS])
-def test_command_runs_as_written(source, command, part, user_dirs):
-    user_dir = user_dirs(part)
+def run_as_written(source, command, user_dir):
     bin_dir = os.path.dirname(sys.executable)   # the .venv's python, torchrun, ... come first on PATH
     env = {**os.environ, "SAT_SMOKE": "1", "SAT_NOTEBOOK_QUICK": "1", "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(free_port()),
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
@@ -186,3 +176,18 @@ def test_command_runs_as_written(source, command, part, user_dirs):
                        text=True, timeout=900)
     assert r.returncode == 0, f"{source}: `{command}` failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def part_class(part):
+    """A test class for one part: pytest-xdist (--dist loadscope) runs a class's tests on one worker, in order."""
+    cmds = [(s, c) for s, c, p in COMMANDS if p == part]
+
+    class Part:
+        @pytest.mark.parametrize("source, command", cmds, ids=[f"{s}: {c[:70]}" for s, c in cmds])
+        def test_command_runs_as_written(self, source, command, user_dirs):
+            run_as_written(source, command, user_dirs(part))
+    Part.__name__ = Part.__qualname__ = f"TestPart{part}"
+    return Part
+
+
+TestPart0, TestPart1, TestPart2 = (part_class(part) for part in range(len(PARTS) + 1))

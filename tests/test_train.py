@@ -13,7 +13,7 @@ import sat_data
 import sat_models
 import sat_plumbing
 import sat_training_run
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 
 def cfg_digits(train_mod, tmp_path, **kw):
@@ -92,7 +92,7 @@ def test_resume_gives_identical_weights(train_mod, tmp_path):
 
 def test_torchrun_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                         "03_adv_train.py", "--act", "relu", "--smooth-grad", "none", "--epochs", "1", "--milestones",
                         "--check-size", "64", "--device", "cpu", "--quiet", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
