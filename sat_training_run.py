@@ -392,6 +392,8 @@ def sweep(stage, args):
                 t = time.time()
                 stage.train(cfg, **kw, quiet=args.quiet)
                 timings.append((stage.run_name(cfg), time.time() - t))
+        if world > 1:   # every process done before any tears the group down (gloo aborts a peer still talking)
+            dist.barrier()
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
