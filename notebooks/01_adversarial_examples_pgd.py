@@ -78,7 +78,7 @@ import sat_models
 attack = nb.stage("02_pgd")   # pgd, pgd_eval, px, default_step, EPS_PX, draw_examples
 
 EPS = attack.px(attack.EPS_PX["digits"])   # 64/255, the digits default, in [0, 1] units
-x, y = nb.test_set(nb.size(200, 100))       # the first test images: (N, 1, 8, 8) in [0, 1], labels (N,)
+x, y = nb.test_set(nb.size(200, 50))       # the first test images: (N, 1, 8, 8) in [0, 1], labels (N,)
 print(f"{len(y)} test images; eps = {EPS * 255:g}/255 = {EPS:.3f} = {EPS * 16:.1f} grey levels")
 
 # %% [markdown]
@@ -93,7 +93,7 @@ if found:
     standard, _ = sat_models.model_from_checkpoint(found)
     print(f"stage 02's standard model: {os.path.relpath(found, ROOT)}")
 else:
-    E = nb.size(30, 5)
+    E = nb.size(30, 3)
     standard, _ = nb.train_digits(f"digits_standard_e{E}", attack="none", epochs=E, milestones=nb.milestones(E))
 print(f"clean accuracy on {len(y)} test images: {100 * nb.accuracy(standard, x, y):.1f}%")
 

@@ -107,7 +107,7 @@ relu, _, _ = nb.adv_model("relu")
 silu, _, _ = nb.adv_model("silu")
 relu_sg = copy.deepcopy(relu)
 swapped = acts.swap_activations(relu_sg, "relu", smooth_grad=True)   # nn.ReLU -> SmoothGradReLU
-x, y = nb.test_set(nb.size(200, 100))
+x, y = nb.test_set(nb.size(200, 50))
 with torch.no_grad():
     same = torch.equal(relu(x), relu_sg(x))
 print(f"swapped {len(swapped)} ReLU modules ({', '.join(swapped)}); logits identical: {same}")

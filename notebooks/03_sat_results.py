@@ -101,8 +101,8 @@ if results:
     source = f"stage 04 ({os.path.relpath(per_run, ROOT)})"
     print(f"read {len(results)} evaluated checkpoints from {source}")
 else:
-    x, y = nb.test_set(nb.size(200, 100))
-    APGD_STEPS, SQUARE_QUERIES = nb.size(50, 10), nb.size(500, 100)
+    x, y = nb.test_set(nb.size(200, 50))
+    APGD_STEPS, SQUARE_QUERIES = nb.size(50, 5), nb.size(500, 50)
     source = f"this notebook ({len(y)} test images, APGD {APGD_STEPS} steps, Square {SQUARE_QUERIES} queries)"
     for act, sg in [("relu", "none"), ("silu", "none"), ("relu", "both")]:
         model, path, _ = nb.adv_model(act, sg)
@@ -263,8 +263,8 @@ for mode, row in [("attacker", "yes / no  (68.3 / 34.5)"), ("optimizer", "no / y
 # 3. Square with 3x the queries on 100 images of the ReLU model
 import torchattacks
 relu_model, _, _ = nb.adv_model("relu")
-x100, y100 = nb.test_set(nb.size(100, 50))
-q = nb.size(500, 100)
+x100, y100 = nb.test_set(nb.size(100, 25))
+q = nb.size(500, 50)
 for queries in (q, 3 * q):
     atk = torchattacks.Square(relu_model, norm="Linf", eps=EPS, n_queries=queries, n_restarts=1, seed=0)
     with torch.no_grad():

@@ -53,8 +53,8 @@ import matplotlib.pyplot as plt
 ev = nb.stage("04_eval")       # evaluate_model, masking_flags, PGD_STEPS, EPS_FACTORS, TOL_*
 attack = nb.stage("02_pgd")
 EPS = attack.px(attack.EPS_PX["digits"])
-x, y = nb.test_set(nb.size(200, 100))
-BUDGET = dict(apgd_steps=nb.size(50, 10), square_queries=nb.size(500, 100))   # stage 04's defaults: 100, 1000
+x, y = nb.test_set(nb.size(200, 50))
+BUDGET = dict(apgd_steps=nb.size(50, 5), square_queries=nb.size(500, 50))   # stage 04's defaults: 100, 1000
 print(f"{len(y)} test images, eps {EPS * 255:g}/255, APGD {BUDGET['apgd_steps']} steps, Square {BUDGET['square_queries']} queries")
 
 # %% [markdown]

@@ -177,9 +177,9 @@ nb.table(["activation", "ms per step", "x ReLU"], [[a, ms, r] for a, (ms, r, lo,
 # undertrained: read the numbers as a trend check, not as the networks' capability.
 
 # %%
-WIDTHS, ACTS, E, SEED = nb.size([4, 8, 16, 32], [4, 16]), ["relu", "silu"], nb.size(8, 3), 0
-x, y = nb.test_set(nb.size(200, 100))
-APGD_STEPS = nb.size(25, 10)
+WIDTHS, ACTS, E, SEED = nb.size([4, 8, 16, 32], [4, 8]), ["relu", "silu"], nb.size(8, 2), 0
+x, y = nb.test_set(nb.size(200, 50))
+APGD_STEPS = nb.size(25, 5)
 
 def correct(model, inputs):
     with torch.no_grad():

@@ -91,14 +91,14 @@ def train_digits(name, verbose=False, **overrides):
 def adv_model(act="relu", smooth_grad="none", epochs=None):
     """An adversarially trained digits model (stage 03's preset: PGD-1, eps 64/255), seed 0.
     Stage 03's own run runs/03_adv_train/digits_<act>[_sg-<mode>]_s0 if it exists (30 epochs), else one
-    trained here with `epochs` (default: size(30, 5)) into OUT. Returns (model, path, source)."""
+    trained here with `epochs` (default: size(30, 3)) into OUT. Returns (model, path, source)."""
     sg = f"_sg-{smooth_grad}" if smooth_grad != "none" else ""
     found = stage_output("03_adv_train", f"digits_{act}{sg}_s0", "final.pt")
     if found:
         model, ckpt = sat_models.model_from_checkpoint(found)
         print(f"digits_{act}{sg}: stage 03's run {os.path.relpath(found, ROOT)} ({ckpt['epoch']} epochs)")
         return model, found, "stage 03"
-    epochs = epochs or size(30, 5)
+    epochs = epochs or size(30, 3)
     model, path = train_digits(f"digits_{act}{sg}_e{epochs}", act=act, smooth_grad=smooth_grad,
                                epochs=epochs, milestones=milestones(epochs))
     return model, path, "this notebook"
