@@ -139,7 +139,9 @@ def evaluate_batches(model, batches, eps, num_classes, autoattack=False, square_
 
 
 def evaluate_model(model, x, y, eps, num_classes, batch_size=500, **kw):
-    """evaluate_batches on tensors x (N, C, H, W) in [0, 1] and y (N,), in batches of batch_size."""
+    """evaluate_batches on tensors x (N, C, H, W) in [0, 1] and y (N,), in batches of batch_size. A user's tensors
+    enter here: normalised inputs are refused (stage 02's check_pixels), once, not in every attack step."""
+    attack.check_pixels(x)
     batches = [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(y), batch_size)]
     return evaluate_batches(model, batches, eps, num_classes, device=x.device, **kw)
 

@@ -123,3 +123,11 @@ def test_eps_zero_is_refused(trained_digits, capsys, tmp_path):
     x, y = sat_data.digits_tensors("test")
     with pytest.raises(ValueError, match="eps"):
         ev.evaluate_model(model, x[:10], y[:10], 0.0, 10, **FAST)
+
+
+def test_normalised_inputs_are_refused_at_the_entry(trained_digits, test_set):
+    """pgd itself no longer reads tensor values (a GPU sync per step); evaluate_model checks once where data enters."""
+    model, _ = trained_digits
+    x, y = test_set
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ev.evaluate_model(model, (x[:8] - 0.3) / 0.4, y[:8], 64 / 255, 10, **FAST)
