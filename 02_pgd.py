@@ -109,7 +109,7 @@ def pgd(model, x, y, eps, step, steps, rand_start_prob=1.0):
         model.train(was_training)
 
 
-def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0):
+def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0, delta0=None):
     """Evaluation PGD with early stopping. Same iterates as pgd() (same start, same steps), but example i
     counts as broken at the first iterate t (0 = the start, ..., steps) at which the model misclassifies it,
     and from then on it leaves the batch: PGD-200 on a model with 40% robust accuracy costs ~40% of a plain
@@ -118,6 +118,8 @@ def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0):
     Returns broken_at: (B,) long, the first fooling iterate, or -1 where no iterate fooled the model.
     Robust accuracy = (broken_at == -1).float().mean(); robust accuracy at a budget of k <= steps steps with
     the same step size = ((broken_at == -1) | (broken_at > k)).float().mean().
+    delta0: the random start to use, (B, ...) in [-eps, eps] (stage 04 draws each image's own, so that the
+    batch an image falls in changes nothing); None draws it here as pgd() does.
     """
     if not eps >= 0:   # the same checks as pgd's
         raise ValueError(f"eps must be >= 0 (in [0, 1] units), got {eps}")
@@ -133,7 +135,9 @@ def pgd_eval(model, x, y, eps, step, steps, rand_start_prob=1.0):
         broken_at = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         idx = torch.arange(x.shape[0], device=x.device)   # which examples are still in the batch
         da = torch.zeros_like(x)                          # pgd's random start, the same draws
-        if rand_start_prob > 0 and torch.rand(()).item() < rand_start_prob:
+        if delta0 is not None:                            # or the caller's (stage 04: one per image)
+            da = delta0.detach().clone()
+        elif rand_start_prob > 0 and torch.rand(()).item() < rand_start_prob:
             da.uniform_(-eps, eps)
         xa, ya, da = x, y, (x + da).clamp(0, 1) - x
         for t in range(int(steps) + 1):

@@ -18,6 +18,7 @@ import torch
 
 import sat_data
 import sat_plumbing
+import sat_shards
 
 acts = importlib.import_module("01_activations")
 
@@ -59,80 +60,147 @@ def checkpoints_to_evaluate(runs, out):
     return paths
 
 
-def test_batches(cfg, data_dir, limit, batch_size, workers=4):
-    """Batches of the checkpoint's test split: its first `limit` images (0 = all), a fixed subset."""
-    workers = min(workers, os.cpu_count() or 1)   # more loader processes than cores only slows down
+ROBUSTBENCH_IDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources", "robustbench_imagenet_val_ids.txt")
+
+
+def robustbench_subset(ds, ids_file=ROBUSTBENCH_IDS):
+    """The indices of ds (an ImageFolder of ImageNet's val/) whose '<class>/<file>' is in RobustBench's list of
+    5,000 validation images (resources/README.md), in the folder's order. One error line when some are missing."""
+    with open(ids_file) as f:
+        ids = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    root = ds.root
+    pick = [i for i, (p, _) in enumerate(ds.samples) if os.path.relpath(p, root).replace(os.sep, "/") in ids]
+    if not pick:
+        raise sat_plumbing.UserError(f"--subset robustbench: none of the {len(ids)} listed images is under {root!r}")
+    if len(pick) < len(ids):
+        print(f"note: --subset robustbench: {len(pick)} of the {len(ids)} listed images are under {root!r}")
+    return pick
+
+
+def test_images(cfg, data_dir, limit, subset="all"):
+    """The checkpoint's test images (a Dataset): its test split, RobustBench's ImageNet subset with
+    subset='robustbench', then the first `limit` of them (0 = all), a fixed list."""
     ds = sat_data.get_dataset(cfg["dataset"], "test", data_dir or cfg.get("data", "data"), cfg.get("image_size", 224))
-    if isinstance(ds, torch.utils.data.TensorDataset):   # digits, Fashion-MNIST: in memory, no loader process needed
-        workers = 0
+    idx = list(range(len(ds)))
+    if subset == "robustbench":
+        if cfg["dataset"] != "imagenet":
+            raise sat_plumbing.UserError(f"--subset robustbench is a list of ImageNet images; this checkpoint is {cfg['dataset']}")
+        idx = robustbench_subset(ds)
     if limit:
-        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
+        idx = idx[:limit]
+    return torch.utils.data.Subset(ds, idx) if len(idx) < len(ds) else ds
 
 
-def cached(path, args, evaluate):
-    """evaluate() for the checkpoint at path, or its saved result while the checkpoint and the settings are
-    unchanged: (result, from_cache). Saves a fresh result as <out>/cache/<run>.json."""
-    key = {"version": 2, "size": os.path.getsize(path), "mtime": os.path.getmtime(path), "limit": args.limit, "eps": args.eps,
-           "square": args.square_queries, "apgd": args.apgd_steps, "autoattack": args.autoattack, "max_pgd_steps": args.max_pgd_steps}
-    cache = os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
-    if os.path.isfile(cache) and not args.no_cache:
-        with open(cache) as f:
-            saved = json.load(f)
-        if saved.get("key") == key:
-            return saved["result"], True
-    res = evaluate()
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache, "w") as f:
-        json.dump({"key": key, "result": res}, f)
-    return res, False
+def loader_workers(ds, workers=4):
+    """DataLoader processes for the images: none for the in-memory sets (digits, Fashion-MNIST)."""
+    base = ds.dataset if isinstance(ds, torch.utils.data.Subset) else ds
+    return 0 if isinstance(base, torch.utils.data.TensorDataset) else min(workers, os.cpu_count() or 1)
+
+
+def cache_key(path, args, cfg, attack_settings, subset="all"):
+    """Everything that changes a checkpoint's results, and nothing that does not (batch size, process count,
+    --jobs): the checkpoint's CONTENT (sha256), its data folder, the image subset, eps, the attack settings."""
+    data = os.path.abspath(args.data or cfg.get("data", "data")) if cfg["dataset"] != "digits" else "built-in"
+    return {"version": 3, "sha256": sat_shards.file_sha256(path), "data": data, "subset": subset,
+            "limit": args.limit, "eps": args.eps, **attack_settings}
+
+
+def cache_file(path, args):
+    """<out>/cache/<run path below --runs>.json; its unfinished blocks go in the folder beside it."""
+    return os.path.join(args.out, "cache", os.path.relpath(path, args.runs).replace(os.sep, "__") + ".json")
+
+
+def cached_result(cache, key):
+    """The saved result when its key matches, else None."""
+    saved = sat_shards.read_json(cache)
+    return saved["result"] if saved and saved.get("key") == key else None
 
 
 # ---- The printout, the tables --------------------------------------------------------------------------------
 
-ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} "
+ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'PGDsg':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} "
               f"{'worst':>6} {'sec':>5}  flags")
+
+
+def pct(v):
+    return "—" if math.isnan(v) else f"{100 * v:.1f}"
 
 
 def print_row(r, cached, sec):
     """One checkpoint's line under ROW_HEADER: its accuracies in %, its seconds (or 'cache'), its masking flags."""
     print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
-          f"{100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
+          f"{pct(r.get('pgd200_sg', math.nan)):>6} {100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
           f"{'cache' if cached else f'{sec:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
 
 
-def config_label(r):
-    """A configuration: everything of a run but its seed, e.g. 'digits relu (smooth grad: attacker)'."""
+# A configuration (a recipe) is every training setting of a run's config except its seed. These are not
+# training settings: where files go, how the run was spread over hardware, how often it saved or checked.
+NOT_RECIPE = ("seed", "out", "data", "download", "device", "workers", "threads", "check_size", "checkpoint_every",
+              "channels_last", "compile")
+
+
+def recipe(cfg):
+    """The run's configuration: its config without the seed and the settings that change no weight."""
+    return {k: v for k, v in sorted(cfg.items()) if k not in NOT_RECIPE}
+
+
+def config_label(r, extra=()):
+    """A configuration's name, e.g. 'digits relu (smooth grad: attacker)', followed by the recipe fields in
+    `extra` (those that tell it apart from another configuration of the same name), e.g. '(model=resnet101)'."""
     sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
     std = " standard training" if r["train_attack"] == "none" else ""
-    return f"{r['dataset']} {r['act']}{sg}{std}"
+    more = ", ".join(f"{k}={r['recipe'][k]}" for k in extra)
+    return f"{r['dataset']} {r['act']}{sg}{std}" + (f" ({more})" if more else "")
+
+
+def recipe_key(r):
+    return json.dumps(r.get("recipe") or [r["dataset"], r["act"], r["smooth_grad"], r["train_attack"]], sort_keys=True)
+
+
+def config_labels(results):
+    """{recipe_key: label}: one label per configuration; where two configurations share a name (two models of
+    one activation, two batch sizes, ...) each label names the recipe fields in which they differ."""
+    by_name = {}
+    for r in results:
+        by_name.setdefault(config_label(r), {}).setdefault(recipe_key(r), r)
+    labels = {}
+    for name, recipes in by_name.items():
+        rs = list(recipes.values())
+        differ = [k for k in rs[0].get("recipe", {}) if len({json.dumps(r["recipe"].get(k)) for r in rs}) > 1] if len(rs) > 1 else []
+        for key, r in recipes.items():
+            labels[key] = config_label(r, differ)
+    return labels
 
 
 def mean_std(values):
-    """(mean, std) over seeds; std is NaN for one seed."""
+    """(mean, std) over seeds; std is NaN for one seed; both NaN where the attack was not run."""
+    if any(math.isnan(v) for v in values):
+        return float("nan"), float("nan")
     m = statistics.mean(values)
     s = statistics.stdev(values) if len(values) > 1 else float("nan")
     return m, s
 
 
 def fmt(m, s):
-    """A (mean, std) of fractions as '95.1 ± 0.3' (percent), or '95.1' when std is NaN."""
+    """A (mean, std) of fractions as '95.1 ± 0.3' (percent), or '95.1' when std is NaN ('—': not run)."""
+    if math.isnan(m):
+        return "—"
     return f"{100 * m:.1f}" if math.isnan(s) else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
 def aggregate(results):
-    """Group runs by configuration (all but the seed): mean +- std over seeds."""
-    groups = {}
+    """Group runs by configuration (every training setting but the seed): mean +- std over seeds."""
+    labels, groups = config_labels(results), {}
     for r in results:
-        groups.setdefault(config_label(r), []).append(r)
+        groups.setdefault(labels[recipe_key(r)], []).append(r)
     order = {a: i for i, a in enumerate(acts.ACTIVATIONS)}
     sg_order = {"none": 0, "attacker": 1, "optimizer": 2, "both": 3}
     rows = []
     for label, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["train_attack"] != "none", order.get(kv[1][0]["act"], 99), sg_order.get(kv[1][0]["smooth_grad"], 9))):
         r0 = rs[0]
         row = {"configuration": label, "seeds": len(rs), "eps": f"{r0['eps_px']:g}/255", "n_test": r0["n"]}
-        for k in ("clean", "pgd200", "worst", "fgsm", "apgd_ce", "apgd_dlr", "square"):
-            row[k] = mean_std([r[k] for r in rs])
+        for k in ("clean", "pgd200", "worst", "fgsm", "pgd200_sg", "apgd_ce", "apgd_dlr", "square"):
+            row[k] = mean_std([r.get(k, math.nan) for r in rs])
         paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
         row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
         kinds = {}   # which checks failed, on how many seeds (the numbers are in per_run.csv and the printout)
@@ -159,7 +227,7 @@ def write_comparisons(heads, cells, out_dir):
 
 
 TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
-              ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("apgd_ce", "APGD-CE %"),
+              ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("pgd200_sg", "PGD-200 smooth-backward %"), ("apgd_ce", "APGD-CE %"),
               ("apgd_dlr", "APGD-DLR %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
               ("paper_pgd200", "paper PGD-200 % (ImageNet)"), ("flags", "masking flags")]
 
@@ -186,7 +254,8 @@ def write_tables(rows, out_dir):
 def write_per_run(results, out_dir, pgd_steps):
     """per_run.csv: every number of every checkpoint, its masking flags and its attack parameters."""
     keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
-           [f"pgd{k}" for k in pgd_steps] + ["apgd_ce", "apgd_dlr", "square", "worst", "flags", "attack_parameters"]
+           [f"pgd{k}" for k in pgd_steps] + ["pgd200_sg", "apgd_ce", "apgd_dlr", "square", "autoattack", "worst", "flags",
+                                                 "attack_parameters"]
     with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
@@ -231,9 +300,9 @@ def draw_figures(rows, results, out_dir, pgd_steps):
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     # robust accuracy against steps and against eps, seed 0 (or the lowest seed) of each configuration
-    firsts = {}
+    firsts, labels = {}, config_labels(results)
     for r in sorted(results, key=lambda r: r["seed"]):
-        firsts.setdefault(config_label(r), r)
+        firsts.setdefault(labels[recipe_key(r)], r)
     for name, xlabel, getter in [("robust_vs_steps.png", "PGD steps (step max(eps/4, eps/k))",
                                   lambda r: (pgd_steps, [100 * r[f"pgd{k}"] for k in pgd_steps])),
                                  ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",

@@ -119,14 +119,22 @@ def write_fake_cifar(folder, n=8):
 
 
 def write_fake_imagenet(root, classes=3, per_class=6):
+    """Real class ids, and in val/ some of the file names RobustBench lists (for `--subset robustbench`)."""
     from PIL import Image
+    import sat_report
+    listed = {}
+    for line in open(sat_report.ROBUSTBENCH_IDS):
+        if line.strip() and not line.startswith("#"):
+            listed.setdefault(line.split("/")[0], []).append(line.strip().split("/")[1])
+    wnids = sorted(listed)[:classes]
     rng = np.random.RandomState(0)
     for split in ("train", "val"):
-        for c in range(classes):
-            d = root / split / f"n0{c}"
+        for wnid in wnids:
+            d = root / split / wnid
             d.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.randint(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(d / f"img{i}.JPEG")
+            names = (listed[wnid][:per_class - 2] if split == "val" else []) + [f"img{i}.JPEG" for i in range(per_class)]
+            for i, name in enumerate(names[:per_class]):
+                Image.fromarray(rng.randint(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8)).save(d / name)
 
 
 @pytest.fixture(scope="session")
