@@ -72,7 +72,7 @@ def robustbench_subset(ds, ids_file=ROBUSTBENCH_IDS):
     pick = [i for i, (p, _) in enumerate(ds.samples) if os.path.relpath(p, root).replace(os.sep, "/") in ids]
     if not pick:
         raise sat_plumbing.UserError(f"--subset robustbench: none of the {len(ids)} listed images is under {root!r}")
-    if len(pick) < len(ids):
+    if len(pick) < len(ids) and sat_shards.world()[0] == 0:
         print(f"note: --subset robustbench: {len(pick)} of the {len(ids)} listed images are under {root!r}")
     return pick
 
