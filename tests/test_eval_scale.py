@@ -171,3 +171,11 @@ def test_cache_key_holds_what_changes_a_result_and_not_the_batch_size(trained_di
     ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     sat_plumbing.save_checkpoint(ckpt, str(other))
     assert sat_report.cache_key(str(other), args, cfg, s)["sha256"] != key["sha256"]
+
+
+def test_autoattack_is_the_reference_one_and_counts_in_the_worst_case(trained_digits):
+    x, y = sat_data.digits_tensors("test")
+    r = ev.evaluate_model(trained_digits[0], x[:12], y[:12], 64 / 255, 10, apgd_steps=3, square_queries=10, block=12,
+                          autoattack=True)
+    assert r["params"]["autoattack"].startswith("pyautoattack.AutoAttack standard")
+    assert "autoattack" in r["params"]["worst"] and r["worst"] <= r["autoattack"] <= r["clean"]
