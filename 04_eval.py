@@ -11,7 +11,7 @@ the headline robust accuracy is the per-example worst case over all of them.
 
 Per checkpoint (its own dataset and eps; step eps/4):
   clean, FGSM, PGD-k for k in 1, 10, 50, 200 (stage 02's early-stopping pgd_eval), APGD-CE, APGD-DLR,
-  Square (margin loss), optionally the reference AutoAttack's standard set (--autoattack: APGD-CE, APGD-T,
+  Square (margin loss), the reference APGD-T (pyautoattack: targeted DLR, 9 target classes), optionally the reference AutoAttack's standard set (--autoattack: APGD-CE, APGD-T,
   FAB-T, Square 5,000); PGD-20 at 0.5/1/2/4/8 x eps (a point beyond 255/255 attacks in the whole pixel box).
   Adaptive attack, for every model whose forward holds ReLUs (plain ReLU and Table 1's smooth-backward rows):
   PGD-200 through the smooth backward (BPDA-style: sigmoid(alpha x) in place of ReLU's step, the attacker that
@@ -26,7 +26,7 @@ Masking checks (each failure is printed as a flag beside the model, with its num
               start; step max(eps/4, eps/k), so 10, 50 and 200 share step eps/4), 1-point tolerance
   eps         at 8 x eps robust accuracy must fall to about chance (<= chance + 10 points)
   single-step FGSM must not be stronger than PGD-200 (1-point tolerance)
-  independent APGD / Square / AutoAttack must not beat PGD-200 by more than 3 points
+  independent APGD / APGD-T / Square / AutoAttack must not beat PGD-200 by more than 3 points
 Comparisons: each configuration (every training setting but the seed: model, width, eps, attack, batch, ...)
 minus the plain ReLU run of the same recipe (same data set, eps and test images) for clean, PGD-200 and
 worst-case accuracy, with a 95% bootstrap interval over seeds and test images; verdict "better" / "worse" when
@@ -147,14 +147,27 @@ def reference_autoattack(model, eps, num_classes, seed, device):
     return lambda x, y: aa.run_standard_evaluation(x, y, batch_size=len(y))[0]
 
 
+def reference_apgd_t(model, eps, num_classes, steps, seed, device):
+    """The reference APGD-T (pyautoattack: APGD on the targeted DLR loss, one run per target class, the 9 most
+    likely wrong classes; AutoAttack's second attack). On the digits checkpoints it is what the reference AutoAttack
+    finds beyond torchattacks' APGD and Square (benchmarks/autoattack_check.py): 2-3 points."""
+    from pyautoattack.autopgd_base import APGDAttack_targeted
+    atk = APGDAttack_targeted(model, n_restarts=1, n_iter=steps, eps=eps, norm="Linf", seed=seed, device=device)
+    atk.n_target_classes = min(9, num_classes - 1)
+    return atk.perturb
+
+
 def independent_attacks(model, eps, num_classes, s, seed, device):
-    """name -> attack (x, y) -> adversarial x: torchattacks' APGD-CE/DLR and Square, the reference AutoAttack."""
+    """name -> attack (x, y) -> adversarial x: torchattacks' APGD-CE/DLR and Square, the reference APGD-T, and
+    with --autoattack the whole reference AutoAttack."""
     import torchattacks
     atk = {f"apgd_{loss}": torchattacks.APGD(model, norm="Linf", eps=eps, steps=s["apgd_steps"], n_restarts=1, loss=loss, seed=seed)
            for loss in ("ce", "dlr")}
     if num_classes < 3:   # DLR divides by the gap between the 1st and 3rd largest logits
         del atk["apgd_dlr"]
     atk["square"] = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=s["square_queries"], n_restarts=1, seed=seed)
+    if num_classes >= 3:
+        atk["apgd_t"] = reference_apgd_t(model, eps, num_classes, s["apgd_steps"], seed, device)
     if s["autoattack"]:
         atk["autoattack"] = reference_autoattack(model, eps, num_classes, seed, device)
     return atk
@@ -173,6 +186,8 @@ def attack_params(eps, num_classes, s, adaptive):
     if num_classes < 3:
         params["apgd_dlr"] = "not run: the DLR loss needs at least 3 classes"
     params["square"] = f"torchattacks.Square {e} queries={s['square_queries']} loss=margin"
+    params["apgd_t"] = (f"pyautoattack APGD-T {e} steps={s['apgd_steps']} restarts=1 targets={min(9, num_classes - 1)} loss=targeted DLR"
+                        if num_classes >= 3 else "not run: the DLR loss needs at least 3 classes")
     if s["autoattack"]:
         params["autoattack"] = f"pyautoattack.AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000) {e}"
     for f in EPS_FACTORS:
@@ -207,7 +222,7 @@ def summarize(masks, params, eps, num_classes):
     for k in attacks_run:
         masks["worst"] &= masks[k]
     params["worst"] = "per-example worst case over " + ", ".join(attacks_run)
-    res = {"apgd_dlr": float("nan"), "pgd200_sg": float("nan")}   # stay NaN where they were not run
+    res = {"apgd_dlr": float("nan"), "apgd_t": float("nan"), "pgd200_sg": float("nan")}   # NaN where not run
     res.update({k: v.float().mean().item() for k, v in masks.items() if not k.startswith("eps_x")})
     # keyed by the unclipped eps * factor: at digits' 64/255 the x4 and x8 points are both the whole pixel box
     res["eps_curve"] = {f"{eps * f * 255:.4g}": masks[f"eps_x{f:g}"].float().mean().item() for f in EPS_FACTORS}
@@ -262,7 +277,7 @@ def masking_flags(r, num_classes):
         flags.append(f"eps: {100 * last_acc:.1f}% at eps {last_eps}/255, chance is {100 * chance:.0f}%")
     if r["fgsm"] < r["pgd200"] - TOL_FGSM - 1e-9:
         flags.append(f"single-step: FGSM {100 * r['fgsm']:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
-    for k in ("apgd_ce", "apgd_dlr", "square", "autoattack"):
+    for k in ("apgd_ce", "apgd_dlr", "apgd_t", "square", "autoattack"):
         if k in r and r[k] < r["pgd200"] - TOL_INDEP - 1e-9:
             flags.append(f"independent: {k} {100 * r[k]:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
     return flags
@@ -441,7 +456,7 @@ def main(argv=None):
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"evaluating {len(paths)} checkpoint(s) on {device}" + (f" x {world} processes" if world > 1 else "") +
         f"; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} (step max(eps/4, eps/k); eps/4 for 200), "
-        f"PGD-200 through the smooth backward (ReLU models), APGD-CE/DLR ({args.apgd_steps} steps), "
+        f"PGD-200 through the smooth backward (ReLU models), APGD-CE/DLR and APGD-T ({args.apgd_steps} steps), "
         f"Square ({args.square_queries} queries)" + (", AutoAttack (reference)" if args.autoattack else ""))
     say(sat_report.ROW_HEADER)
     jobs = 1 if world > 1 else min(args.jobs or (sat_plumbing.cpu_count() if device.type == "cpu" else 1), len(paths))

@@ -118,7 +118,7 @@ def cached_result(cache, key):
 
 # ---- The printout, the tables --------------------------------------------------------------------------------
 
-ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'PGDsg':>6} {'APGDce':>6} {'APGDdlr':>7} {'Square':>6} "
+ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'PGDsg':>6} {'APGDce':>6} {'APGDdlr':>7} {'APGD-T':>6} {'Square':>6} "
               f"{'worst':>6} {'sec':>5}  flags")
 
 
@@ -129,7 +129,7 @@ def pct(v):
 def print_row(r, cached, sec):
     """One checkpoint's line under ROW_HEADER: its accuracies in %, its seconds (or 'cache'), its masking flags."""
     print(f"{r['run']:<34} {r['eps_px']:>5g}/255 {100 * r['clean']:>5.1f} {100 * r['fgsm']:>5.1f} {100 * r['pgd200']:>5.1f} "
-          f"{pct(r.get('pgd200_sg', math.nan)):>6} {100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
+          f"{pct(r.get('pgd200_sg', math.nan)):>6} {100 * r['apgd_ce']:>5.1f} {100 * r['apgd_dlr']:>6.1f} {pct(r.get('apgd_t', math.nan)):>6} {100 * r['square']:>5.1f} {100 * r['worst']:>5.1f} "
           f"{'cache' if cached else f'{sec:5.0f}'}  {'; '.join(r['flags']) or 'ok'}", flush=True)
 
 
@@ -199,7 +199,7 @@ def aggregate(results):
     for label, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["train_attack"] != "none", order.get(kv[1][0]["act"], 99), sg_order.get(kv[1][0]["smooth_grad"], 9))):
         r0 = rs[0]
         row = {"configuration": label, "seeds": len(rs), "eps": f"{r0['eps_px']:g}/255", "n_test": r0["n"]}
-        for k in ("clean", "pgd200", "worst", "fgsm", "pgd200_sg", "apgd_ce", "apgd_dlr", "square"):
+        for k in ("clean", "pgd200", "worst", "fgsm", "pgd200_sg", "apgd_ce", "apgd_dlr", "apgd_t", "square"):
             row[k] = mean_std([r.get(k, math.nan) for r in rs])
         paper = paper_numbers(r0["act"], r0["smooth_grad"]) if r0["train_attack"] != "none" else None
         row["paper_clean"], row["paper_pgd200"] = paper if paper else ("", "")
@@ -228,7 +228,7 @@ def write_comparisons(heads, cells, out_dir):
 
 TABLE_COLS = [("configuration", "configuration"), ("seeds", "seeds"), ("clean", "clean %"),
               ("pgd200", "PGD-200 %"), ("worst", "worst-case %"), ("pgd200_sg", "PGD-200 smooth-backward %"), ("apgd_ce", "APGD-CE %"),
-              ("apgd_dlr", "APGD-DLR %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
+              ("apgd_dlr", "APGD-DLR %"), ("apgd_t", "APGD-T %"), ("square", "Square %"), ("paper_clean", "paper clean % (ImageNet)"),
               ("paper_pgd200", "paper PGD-200 % (ImageNet)"), ("flags", "masking flags")]
 
 
@@ -254,7 +254,7 @@ def write_tables(rows, out_dir):
 def write_per_run(results, out_dir, pgd_steps):
     """per_run.csv: every number of every checkpoint, its masking flags and its attack parameters."""
     keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
-           [f"pgd{k}" for k in pgd_steps] + ["pgd200_sg", "apgd_ce", "apgd_dlr", "square", "autoattack", "worst", "flags",
+           [f"pgd{k}" for k in pgd_steps] + ["pgd200_sg", "apgd_ce", "apgd_dlr", "apgd_t", "square", "autoattack", "worst", "flags",
                                                  "attack_parameters"]
     with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
         w = csv.writer(f)

@@ -98,7 +98,8 @@ def launch(case, procs):
 def passes_per_image(apgd=ev.APGD_STEPS, square=ev.SQUARE_QUERIES):
     """(forward-backward passes, forward-only passes) per image of stage 04's default set on a ReLU model, if every
     image survived every attack to its last step (early stopping only lowers it)."""
-    fb = 1 + sum(ev.PGD_STEPS) + 200 + 2 * apgd + 20 * len(ev.EPS_FACTORS)   # FGSM, PGD-k, PGD-sg, APGD x2, eps curve
+    fb = 1 + sum(ev.PGD_STEPS) + 200 + (2 + 9) * apgd + 20 * len(ev.EPS_FACTORS)   # FGSM, PGD-k, PGD-sg, APGD-CE/DLR,
+    #                                                                             APGD-T (9 targets), eps curve
     return fb, square + 1 + len(ev.PGD_STEPS) + 1 + len(ev.EPS_FACTORS)        # Square's queries, each PGD's last check
 
 

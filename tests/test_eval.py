@@ -28,7 +28,7 @@ def honest(trained_digits, test_set):
 
 
 def test_worst_case_below_each_attack(honest):
-    attacks = ["fgsm", "pgd1", "pgd10", "pgd50", "pgd200", "apgd_ce", "apgd_dlr", "square"]
+    attacks = ["fgsm", "pgd1", "pgd10", "pgd50", "pgd200", "apgd_ce", "apgd_dlr", "square", "apgd_t", "pgd200_sg"]
     assert all(honest["worst"] <= honest[a] for a in attacks)
     assert honest["pgd200"] <= honest["fgsm"]
     assert honest["worst"] < honest["clean"]

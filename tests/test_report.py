@@ -1,5 +1,7 @@
 """sat_report: the tables stage 04 writes, from a fixed list of per-checkpoint results, byte for byte what
-04_eval.py wrote before its tables moved out (commit 6dc7b55): results.md/.csv, per_run.csv, comparisons.md/.csv.
+04_eval.py wrote before its tables moved out (commit 6dc7b55): results.md/.csv, per_run.csv, comparisons.md/.csv,
+plus the columns of the attacks added since (PGD-200 through the smooth backward, APGD-T; AutoAttack in
+per_run.csv), empty ('—' or '') for these results that lack them.
 Results made up by hand: 8 test images, two ReLU seeds, two SiLU seeds, one ReLU with a smooth gradient for the
 attacker, one standard-trained ReLU; masking flags on two runs."""
 import importlib
@@ -31,30 +33,30 @@ RESULTS = [
 ]
 
 RESULTS_MD = """\
-| configuration | seeds | clean % | PGD-200 % | worst-case % | PGD-200 smooth-backward % | APGD-CE % | APGD-DLR % | Square % | paper clean % (ImageNet) | paper PGD-200 % (ImageNet) | masking flags |
-|---|---|---|---|---|---|---|---|---|---|---|---|
-| digits relu standard training | 1 | 100.0 | 0.0 | 0.0 | — | 40.0 | 37.5 | 37.5 | — | — | — |
-| digits relu | 2 | 93.8 ± 8.8 | 56.2 ± 8.8 | 43.8 ± 8.8 | — | 40.0 ± 0.0 | 37.5 ± 0.0 | 37.5 ± 0.0 | 68.8 | 33.0 | independent (1/2 seeds) |
-| digits relu (smooth grad: attacker) | 1 | 100.0 | 75.0 | 62.5 | — | 40.0 | 37.5 | 37.5 | 68.3 | 34.5 | — |
-| digits silu | 2 | 81.2 ± 8.8 | 43.8 ± 8.8 | 31.2 ± 8.8 | — | 40.0 ± 0.0 | 37.5 ± 0.0 | 37.5 ± 0.0 | 69.7 | 42.3 | eps (1/2 seeds); steps (1/2 seeds) |
+| configuration | seeds | clean % | PGD-200 % | worst-case % | PGD-200 smooth-backward % | APGD-CE % | APGD-DLR % | APGD-T % | Square % | paper clean % (ImageNet) | paper PGD-200 % (ImageNet) | masking flags |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| digits relu standard training | 1 | 100.0 | 0.0 | 0.0 | — | 40.0 | 37.5 | — | 37.5 | — | — | — |
+| digits relu | 2 | 93.8 ± 8.8 | 56.2 ± 8.8 | 43.8 ± 8.8 | — | 40.0 ± 0.0 | 37.5 ± 0.0 | — | 37.5 ± 0.0 | 68.8 | 33.0 | independent (1/2 seeds) |
+| digits relu (smooth grad: attacker) | 1 | 100.0 | 75.0 | 62.5 | — | 40.0 | 37.5 | — | 37.5 | 68.3 | 34.5 | — |
+| digits silu | 2 | 81.2 ± 8.8 | 43.8 ± 8.8 | 31.2 ± 8.8 | — | 40.0 ± 0.0 | 37.5 ± 0.0 | — | 37.5 ± 0.0 | 69.7 | 42.3 | eps (1/2 seeds); steps (1/2 seeds) |
 """
 
 RESULTS_CSV = """\
-configuration,seeds,clean %,PGD-200 %,worst-case %,PGD-200 smooth-backward %,APGD-CE %,APGD-DLR %,Square %,paper clean % (ImageNet),paper PGD-200 % (ImageNet),masking flags,eps,n_test
-digits relu standard training,1,100.0,0.0,0.0,—,40.0,37.5,37.5,—,—,—,64/255,8
-digits relu,2,93.8 ± 8.8,56.2 ± 8.8,43.8 ± 8.8,—,40.0 ± 0.0,37.5 ± 0.0,37.5 ± 0.0,68.8,33.0,independent (1/2 seeds),64/255,8
-digits relu (smooth grad: attacker),1,100.0,75.0,62.5,—,40.0,37.5,37.5,68.3,34.5,—,64/255,8
-digits silu,2,81.2 ± 8.8,43.8 ± 8.8,31.2 ± 8.8,—,40.0 ± 0.0,37.5 ± 0.0,37.5 ± 0.0,69.7,42.3,eps (1/2 seeds); steps (1/2 seeds),64/255,8
+configuration,seeds,clean %,PGD-200 %,worst-case %,PGD-200 smooth-backward %,APGD-CE %,APGD-DLR %,APGD-T %,Square %,paper clean % (ImageNet),paper PGD-200 % (ImageNet),masking flags,eps,n_test
+digits relu standard training,1,100.0,0.0,0.0,—,40.0,37.5,—,37.5,—,—,—,64/255,8
+digits relu,2,93.8 ± 8.8,56.2 ± 8.8,43.8 ± 8.8,—,40.0 ± 0.0,37.5 ± 0.0,—,37.5 ± 0.0,68.8,33.0,independent (1/2 seeds),64/255,8
+digits relu (smooth grad: attacker),1,100.0,75.0,62.5,—,40.0,37.5,—,37.5,68.3,34.5,—,64/255,8
+digits silu,2,81.2 ± 8.8,43.8 ± 8.8,31.2 ± 8.8,—,40.0 ± 0.0,37.5 ± 0.0,—,37.5 ± 0.0,69.7,42.3,eps (1/2 seeds); steps (1/2 seeds),64/255,8
 """
 
 PER_RUN_CSV = """\
-run,dataset,model,act,smooth_grad,train_attack,seed,eps_px,n,clean,fgsm,pgd1,pgd10,pgd50,pgd200,pgd200_sg,apgd_ce,apgd_dlr,square,autoattack,worst,flags,attack_parameters
-digits_relu_s0,digits,digitsnet,relu,none,pgd-1,0,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s1,digits,digitsnet,relu,none,pgd-1,1,64.0,8,1.0,0.5,0.6,0.5,0.45,0.625,,0.4,0.375,0.375,,0.5,independent: apgd_ce 40.0% < PGD-200 62.5%,fgsm: eps=64/255 | pgd200: steps=200
-digits_silu_s0,digits,digitsnet,silu,none,pgd-1,0,64.0,8,0.75,0.5,0.6,0.5,0.45,0.375,,0.4,0.375,0.375,,0.25,"steps: PGD-200 37.5% > PGD-50 25.0%; eps: 50.0% at eps 512/255, chance is 10%",fgsm: eps=64/255 | pgd200: steps=200
-digits_silu_s1,digits,digitsnet,silu,none,pgd-1,1,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s0,digits,digitsnet,relu,attacker,pgd-1,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.75,,0.4,0.375,0.375,,0.625,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s0,digits,digitsnet,relu,none,none,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.0,,0.4,0.375,0.375,,0.0,,fgsm: eps=64/255 | pgd200: steps=200
+run,dataset,model,act,smooth_grad,train_attack,seed,eps_px,n,clean,fgsm,pgd1,pgd10,pgd50,pgd200,pgd200_sg,apgd_ce,apgd_dlr,apgd_t,square,autoattack,worst,flags,attack_parameters
+digits_relu_s0,digits,digitsnet,relu,none,pgd-1,0,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
+digits_relu_s1,digits,digitsnet,relu,none,pgd-1,1,64.0,8,1.0,0.5,0.6,0.5,0.45,0.625,,0.4,0.375,,0.375,,0.5,independent: apgd_ce 40.0% < PGD-200 62.5%,fgsm: eps=64/255 | pgd200: steps=200
+digits_silu_s0,digits,digitsnet,silu,none,pgd-1,0,64.0,8,0.75,0.5,0.6,0.5,0.45,0.375,,0.4,0.375,,0.375,,0.25,"steps: PGD-200 37.5% > PGD-50 25.0%; eps: 50.0% at eps 512/255, chance is 10%",fgsm: eps=64/255 | pgd200: steps=200
+digits_silu_s1,digits,digitsnet,silu,none,pgd-1,1,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
+digits_relu_s0,digits,digitsnet,relu,attacker,pgd-1,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.75,,0.4,0.375,,0.375,,0.625,,fgsm: eps=64/255 | pgd200: steps=200
+digits_relu_s0,digits,digitsnet,relu,none,none,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.0,,0.4,0.375,,0.375,,0.0,,fgsm: eps=64/255 | pgd200: steps=200
 """
 
 COMPARISONS_MD = """\
