@@ -167,7 +167,7 @@ def independent_attacks(model, eps, num_classes, s, seed, device):
     if num_classes < 3:   # DLR divides by the gap between the 1st and 3rd largest logits
         del atk["apgd_dlr"]
     atk["square"] = torchattacks.Square(model, norm="Linf", eps=eps, n_queries=s["square_queries"], n_restarts=1, seed=seed)
-    if num_classes >= 3:
+    if num_classes >= 4:   # the targeted DLR loss divides by the gap between the 1st and 4th largest logits
         atk["apgd_t"] = reference_apgd_t(model, eps, num_classes, s["apgd_steps"], seed, device)
     if s["autoattack"]:
         atk["autoattack"] = reference_autoattack(model, eps, num_classes, seed, device)
@@ -188,7 +188,7 @@ def attack_params(eps, num_classes, s, adaptive):
         params["apgd_dlr"] = "not run: the DLR loss needs at least 3 classes"
     params["square"] = f"torchattacks.Square {e} queries={s['square_queries']} loss=margin"
     params["apgd_t"] = (f"pyautoattack APGD-T {e} steps={s['apgd_steps']} restarts=1 targets={min(9, num_classes - 1)} loss=targeted DLR"
-                        if num_classes >= 3 else "not run: the DLR loss needs at least 3 classes")
+                        if num_classes >= 4 else "not run: the targeted DLR loss needs at least 4 classes")
     if s["autoattack"]:
         params["autoattack"] = f"pyautoattack.AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000) {e}"
     for f in EPS_FACTORS:
