@@ -33,7 +33,7 @@ def smoke_settings(stage: str, settings: dict) -> dict:
                  first 2 seeds and the first 2 models of a sweep, trained in this process (--jobs 1)
       eval       the first 4 test images, every PGD stopped after 1 step, 1 APGD step, 2 Square queries, --jobs 1
       benchmark  each timed function run once on at most 8 images (16 for an evaluation, PGD cut to 3 steps),
-                 no warm-up, one thread
+                 no warm-up, one thread, the first case only, 32-pixel images for an ImageNet model
     What a command does at full size (and that --jobs N gives the numbers of --jobs 1) is checked by the unit tests,
     not by running it large: a process pool costs each worker seconds of imports, more than the smoke work itself. Keys a stage does
     not have are left out; the other settings are returned unchanged."""
@@ -48,7 +48,8 @@ def smoke_settings(stage: str, settings: dict) -> dict:
         "eval": {"limit": lambda v: min(v or 4, 4), "max_pgd_steps": lambda v: 1, "apgd_steps": lambda v: 1,
                  "square_queries": lambda v: 2, "jobs": lambda v: 1},
         "benchmark": {"repeats": lambda v: 1, "inner": lambda v: 1, "warmup": lambda v: 0, "batch": lambda v: min(v, 8),
-                      "images": lambda v: min(v, 16), "steps": lambda v: min(v, 3), "threads": lambda v: 1},
+                      "images": lambda v: min(v, 16), "steps": lambda v: min(v, 3), "threads": lambda v: 1,
+                      "cases": lambda v: v[:1], "image_size": lambda v: min(v, 32)},
     }[stage]
     return {k: cut[k](v) if k in cut else v for k, v in settings.items()}
 

@@ -129,16 +129,17 @@ def main(argv=None):
         return worker(args.worker)
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; above ~0.5, other work shares them)")
     print(f"{'case':<9} {'1 process (img/s)':>18} {'2 processes (img/s)':>20} {'ratio':>6}")
-    for case in CASES:
+    for case in sat_plumbing.smoke_settings("benchmark", {"cases": list(CASES)})["cases"]:
         one, two = launch(case, 1), launch(case, 2)
         print(f"{case:<9} {one['images_per_s']:>18.2f} {two['images_per_s']:>20.2f} "
               f"{two['images_per_s'] / one['images_per_s']:>5.2f}x", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     fb, fw = passes_per_image()
-    c_fb, c_fw = pass_costs()
+    size = sat_plumbing.smoke_settings("benchmark", {"batch": 8, "image_size": 224})
+    c_fb, c_fw = pass_costs(**size)
     per_image = fb * c_fb + fw * c_fw
     print(f"\nstage 04's default set, ReLU model, every image robust to the end: {fb} forward-backward + {fw} forward passes "
-          f"per image (upper bound)\nResNet-50, 224 px, CPU, one thread: {1000 * c_fb:.0f} ms per image forward-backward, "
+          f"per image (upper bound)\nResNet-50, {size['image_size']} px, CPU, one thread: {1000 * c_fb:.0f} ms per image forward-backward, "
           f"{1000 * c_fw:.0f} ms forward -> {per_image:.0f} s per image")
     for n in (50_000, 5_000):
         print(f"  {n:>6} images: {per_image * n / 3600:,.0f} CPU-thread hours per checkpoint (at most)")
