@@ -97,7 +97,10 @@ class Config:
     compile: bool = setting(False, "torch.compile the model")
     workers: int = setting(0, "DataLoader worker processes (imagenet: 8+ per GPU)", range=(0, 1024))
     threads: int = setting(0, "CPU threads for torch; 0 = torch's default (one per core)", range=(0, 4096))
-    check_size: int = setting(256, "held-out test images for the per-epoch clean / PGD-10 check", range=(1, math.inf))
+    val_size: int = setting(0, "training images held out as a validation split (class-balanced, the same for every "
+                            "run): the per-epoch check runs on it and best.pt keeps its best epoch; 0 = none, the check "
+                            "reads the first test images and is a monitor only", "images", range=(0, math.inf))
+    check_size: int = setting(256, "images of the per-epoch clean / PGD-10 check (validation split, else test)", range=(1, math.inf))
     checkpoint_every: int = setting(0, "also write checkpoint.pt every N steps inside an epoch (0 = at epoch ends)", "steps",
                                     range=(0, math.inf))
     out: str = ""                  # run folder; empty = runs/03_adv_train/<run name> (--out names the runs folder)
@@ -157,7 +160,7 @@ PRESETS = {
     # ResNet-18 on one GPU: ~1-2 min per epoch with PGD-1
     "cifar10": dict(model="cifar_resnet18", eps=attack.EPS_PX["cifar10"], epochs=100, batch_size=128, lr_per_256=0.2,
                     weight_decay=5e-4, warmup_epochs=5.0, milestones=[50, 75], label_smoothing=0.0,
-                    check_size=1000, workers=4),
+                    check_size=1000, workers=4, val_size=10_000),
     # fashionmnist: eps 0.1 (25.5/255), the usual choice in the Fashion-MNIST literature; fashionnet (DigitsNet
     # with a stride-2 stem, 19.7k parameters); no augmentation; one thread: a run takes 3.6-5.3 min on one CPU
     # core (10 epochs of 20-39 s, the other core busy; README). DEVIATION from the paper's PGD-1 with step = eps:
@@ -168,7 +171,7 @@ PRESETS = {
     # SAT. --attack-steps 1 gives it back.
     "fashionmnist": dict(model="fashionnet", eps=attack.EPS_PX["fashionmnist"], attack_steps=2, step_x_eps=1.25, epochs=10, batch_size=128,
                          lr_per_256=0.2, weight_decay=5e-4, warmup_epochs=1.0, milestones=[6, 9], label_smoothing=0.0,
-                         check_size=1000, threads=1),
+                         check_size=1000, threads=1, val_size=5000),
     # imagenet: the paper's recipe (../shared/PAPER.md), ResNet-50, eps 4/255, PGD-1 step 4/255, 80% random
     # starts, 100 epochs, SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90, wd 1e-4,
     # label smoothing 0.1
@@ -275,11 +278,15 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     # Data
     sat_plumbing.seed_everything(cfg.seed)
     train_ds = sat_data.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
-    test_ds = sat_data.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
     cfg.num_classes = sat_data.num_classes_of(cfg.dataset, train_ds)
+    if cfg.val_size:   # a validation split, held out of training: the check may choose an epoch (best.pt)
+        plain = sat_data.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, augment=False)
+        train_ds, check_ds = sat_data.validation_split(train_ds, plain, cfg.val_size)
+    else:              # no validation split: the first test images, watched but never used to choose
+        check_ds = sat_data.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
     run.loader(train_ds)                               # this process's share of each batch, shuffled by (seed, epoch)
-    n_check = min(cfg.check_size, len(test_ds))        # held-out images for the per-epoch check
-    check = torch.utils.data.DataLoader(torch.utils.data.Subset(test_ds, range(n_check)), batch_size=n_check)
+    n_check = min(cfg.check_size, len(check_ds))       # images of the per-epoch check
+    check = torch.utils.data.DataLoader(torch.utils.data.Subset(check_ds, range(n_check)), batch_size=n_check)
     x_check, y_check = (t.to(device) for t in next(iter(check)))
 
     # Model, optimizer, schedule
@@ -298,6 +305,9 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
             f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255"
             f"{f' {cfg.image_size}px' if cfg.dataset == 'imagenet' else ''} on {device}, "
             f"{run.world} process(es), {run.steps_per_epoch} steps/epoch")
+    run.say(f"per-epoch check: clean and PGD-10 accuracy on {n_check} " + (
+        f"validation images (held out of training); best.pt keeps the epoch with the best PGD-10" if cfg.val_size else
+        f"test images: a monitor only, no epoch is chosen by it (--val-size N holds out a validation split)"))
     run.say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
     for epoch in range(run.start_epoch, cfg.epochs):
         for i, (x, y) in run.batches(epoch):          # after a restart: from the step the checkpoint had reached

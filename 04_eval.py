@@ -398,7 +398,8 @@ def evaluate_checkpoint(path, args, device, position=0):
     res = summarize(masks, attack_params(eps, cfg["num_classes"], s, adaptive), eps, cfg["num_classes"])
     res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
                act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
-               eps_px=eps_px, epochs=ckpt.get("epoch"), recipe=sat_report.recipe(cfg), subset=subset)
+               eps_px=eps_px, epochs=ckpt.get("epoch"), subset=subset, checkpoint=ckpt.get("selected", "final"),
+               recipe={**sat_report.recipe(cfg), **({"checkpoint": "best"} if ckpt.get("selected") == "best" else {})})
     sat_shards.write_json(cache, {"key": key, "result": res})
     run.remove_parts()
     return res, False
@@ -417,7 +418,10 @@ def evaluate_job(job):
 def main(argv=None):
     p = sat_plumbing.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
     p.add_argument("--runs", default=sat_plumbing.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
-    p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval)")
+    p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
+    p.add_argument("--checkpoint", default="final", choices=["final", "best"],
+                   help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
+                   "validation PGD-10; runs with a validation split only)")
     p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--subset", default="all", choices=["all", "robustbench"],
                    help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
@@ -449,7 +453,9 @@ def main(argv=None):
         attack.check_px("--eps", args.eps)
     args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
     vars(args).update(sat_plumbing.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
-    paths = sat_report.checkpoints_to_evaluate(args.runs, args.out)   # or a one-line error naming the stage to run
+    if args.checkpoint == "best" and args.out == OUT_DIR:
+        args.out = OUT_DIR + "_best"   # its own tables: never mixed with the final checkpoints'
+    paths = sat_report.checkpoints_to_evaluate(args.runs, args.out, args.checkpoint)   # or a one-line error naming the stage to run
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     attacks_at_full_precision()

@@ -112,14 +112,16 @@ def fashion_mnist_tensors(split: str, data_dir: str, download: bool = False):
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
-def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int = 224, download: bool = False):
-    """A torch Dataset of (image in [0, 1], label). Training splits carry the augmentation:
+def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int = 224, download: bool = False,
+                augment=None):
+    """A torch Dataset of (image in [0, 1], label). Training splits carry the augmentation (augment=False: the
+    training images as the evaluation sees them, for a validation split carved from them):
     cifar10: random crop 32 with 4-pixel padding + horizontal flip (the usual CIFAR recipe);
     imagenet: RandomResizedCrop(image_size) + flip (the paper's recipe); evaluation: resize to
     image_size * 256/224 and center-crop image_size."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
-    train = split == "train"
+    train = split == "train" and augment is not False
     if name == "digits":
         return torch.utils.data.TensorDataset(*digits_tensors(split))
     if name == "fashionmnist":   # no augmentation, as usual for (adversarial training on) Fashion-MNIST
@@ -133,12 +135,12 @@ def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int =
         if not download and not os.path.isdir(folder):
             raise UserError(f"no CIFAR-10 at {folder!r}; pass --download to fetch it, or --data to the folder holding cifar-10-batches-py/")
         try:
-            return torchvision.datasets.CIFAR10(data_dir, train=train, transform=tf, download=download)
+            return torchvision.datasets.CIFAR10(data_dir, train=split == "train", transform=tf, download=download)
         except (RuntimeError, OSError, EOFError, KeyError, ValueError) as e:
             raise UserError(f"CIFAR-10 at {folder!r} is missing files or corrupt ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
     # imagenet
-    sub = os.path.join(data_dir, "train" if train else "val")
+    sub = os.path.join(data_dir, "train" if split == "train" else "val")
     if not os.path.isdir(sub):
         raise UserError(f"no ImageNet folder {sub!r}; expected <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG")
     if train:
@@ -149,6 +151,43 @@ def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int =
         return torchvision.datasets.ImageFolder(sub, transform=tf, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f"ImageNet folder {sub!r} is malformed: {str(e).splitlines()[0]}")
+
+
+VAL_SEED = 2020   # fixed: every run on a data set holds out the same validation images, whatever its own seed
+
+
+def labels_of(ds) -> torch.Tensor:
+    """Every label of a data set, without loading its images."""
+    if isinstance(ds, torch.utils.data.TensorDataset):
+        return ds.tensors[1]
+    return torch.as_tensor(ds.targets)   # CIFAR10, ImageFolder
+
+
+def validation_split(train_ds, plain_ds, n: int, seed: int = VAL_SEED):
+    """(train, val): n images held out of the training set, which training then never sees (Rice et al. 2020
+    choose the early-stopping epoch on such a split). Class-balanced: n / classes of each class (the remainder
+    to the first classes), drawn by a fixed seed; val is in random order, so its first k images are a random
+    sample too. train comes from train_ds (with its augmentation), val from plain_ds (the same images, no
+    augmentation). n = 0: (train_ds, None)."""
+    if n == 0:
+        return train_ds, None
+    labels = labels_of(train_ds)
+    classes = sorted(set(labels.tolist()))
+    if n >= len(labels):
+        raise UserError(f"--val-size {n} holds out the whole training set ({len(labels)} images); accepted: 0 .. {len(labels) - 1}")
+    g = torch.Generator().manual_seed(seed)
+    val = []
+    for i, c in enumerate(classes):
+        members = (labels == c).nonzero().flatten()
+        take = n // len(classes) + (i < n % len(classes))
+        if take > len(members):
+            raise UserError(f"--val-size {n}: class {c} has {len(members)} training images, fewer than the {take} it should give")
+        val.append(members[torch.randperm(len(members), generator=g)[:take]])
+    val = torch.cat(val)
+    val = val[torch.randperm(len(val), generator=g)].tolist()
+    held = set(val)
+    train = [i for i in range(len(labels)) if i not in held]
+    return torch.utils.data.Subset(train_ds, train), torch.utils.data.Subset(plain_ds, val)
 
 
 def load_rgb(path: str):

@@ -40,21 +40,31 @@ def paper_numbers(act, smooth_grad):
 STAGE_DIRS = ("02_pgd", "03_adv_train")   # where the stages put their runs, below --runs
 
 
-def find_checkpoints(root):
-    """Every run's final.pt: below root/02_pgd and root/03_adv_train when those exist (stage 02's standard
-    model and every stage 03 run; not studies or notebooks writing elsewhere under runs/), else below root."""
+def find_checkpoints(root, which="final"):
+    """Every run's final.pt (which="best": best.pt, the early-stopped epoch of a run with a validation split):
+    below root/02_pgd and root/03_adv_train when those exist (stage 02's standard model and every stage 03 run;
+    not studies or notebooks writing elsewhere under runs/), else below root."""
     dirs = [os.path.join(root, d) for d in STAGE_DIRS if os.path.isdir(os.path.join(root, d))] or [root]
-    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", "final.pt"), recursive=True))
+    return sorted(p for d in dirs for p in glob.glob(os.path.join(d, "**", f"{which}.pt"), recursive=True))
 
 
-def checkpoints_to_evaluate(runs, out):
-    """find_checkpoints(runs) once --runs and --out are usable, or a one-line error that says what to run first."""
+def checkpoints_to_evaluate(runs, out, which="final"):
+    """find_checkpoints(runs, which) once --runs and --out are usable, or a one-line error that says what to run
+    first. which="best": the runs without a validation split (no best.pt) are named in one note."""
     if os.path.isfile(runs):
         raise sat_plumbing.UserError(f"--runs {runs!r} is a file; give the folder the stages wrote to (default: runs)")
     if not os.path.isdir(runs):
         raise sat_plumbing.UserError(f"no outputs folder {runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
     sat_plumbing.check_out_dir(out)
-    paths = find_checkpoints(runs)
+    paths = find_checkpoints(runs, which)
+    if which == "best":
+        finals = find_checkpoints(runs)
+        if not paths:
+            raise sat_plumbing.UserError(f"no best.pt under {runs!r}: only runs with a validation split have one "
+                                         f"(python 03_adv_train.py --val-size N; the fashionmnist and cifar10 presets hold one out)")
+        lacking = len({os.path.dirname(p) for p in finals} - {os.path.dirname(p) for p in paths})
+        if lacking:
+            print(f"note: --checkpoint best: {lacking} run(s) without a validation split have no best.pt and are left out")
     if not paths:
         raise sat_plumbing.UserError(f"no final.pt under {runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
     return paths
@@ -141,16 +151,18 @@ NOT_RECIPE = ("seed", "out", "data", "download", "device", "workers", "threads",
 
 def recipe(cfg):
     """The run's configuration: its config without the seed and the settings that change no weight."""
-    return {k: v for k, v in sorted(cfg.items()) if k not in NOT_RECIPE}
+    return {k: v for k, v in sorted({"val_size": 0, **cfg}.items()) if k not in NOT_RECIPE}   # val_size: older runs had none
 
 
 def config_label(r, extra=()):
     """A configuration's name, e.g. 'digits relu (smooth grad: attacker)', followed by the recipe fields in
-    `extra` (those that tell it apart from another configuration of the same name), e.g. '(model=resnet101)'."""
+    `extra` (those that tell it apart from another configuration of the same name), e.g. '(model=resnet101)',
+    and ', best epoch' for early-stopped checkpoints (best.pt)."""
     sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
     std = " standard training" if r["train_attack"] == "none" else ""
-    more = ", ".join(f"{k}={r['recipe'][k]}" for k in extra)
-    return f"{r['dataset']} {r['act']}{sg}{std}" + (f" ({more})" if more else "")
+    more = ", ".join(f"{k}={r['recipe'][k]}" for k in extra if k != "checkpoint")
+    best = " [best epoch]" if r.get("checkpoint") == "best" else ""
+    return f"{r['dataset']} {r['act']}{sg}{std}{best}" + (f" ({more})" if more else "")
 
 
 def recipe_key(r):
@@ -255,7 +267,7 @@ def write_per_run(results, out_dir, pgd_steps):
     """per_run.csv: every number of every checkpoint, its masking flags and its attack parameters."""
     keys = ["run", "dataset", "model", "act", "smooth_grad", "train_attack", "seed", "eps_px", "n", "clean", "fgsm"] + \
            [f"pgd{k}" for k in pgd_steps] + ["pgd200_sg", "apgd_ce", "apgd_dlr", "apgd_t", "square", "autoattack", "worst", "flags",
-                                                 "attack_parameters"]
+                                                 "attack_parameters", "checkpoint", "epochs"]
     with open(os.path.join(out_dir, "per_run.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)

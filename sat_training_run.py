@@ -27,7 +27,8 @@ COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd
 # the settings that change what a run learns: a finished run is reused only if all of them match
 TRAINING_KEYS = ("dataset", "model", "width", "image_size", "act", "smooth_grad", "attack", "eps", "attack_steps",
                  "attack_step", "rand_start_prob", "epochs", "steps_per_epoch", "batch_size", "lr_per_256", "momentum", "weight_decay",
-                 "warmup_epochs", "milestones", "label_smoothing", "seed")
+                 "warmup_epochs", "milestones", "label_smoothing", "seed", "val_size")
+OLD_DEFAULTS = {"val_size": 0}   # a run saved before a setting existed had that setting's old behaviour
 
 
 class TrainingDiverged(Exception):
@@ -60,6 +61,7 @@ class Run:
             torch.cuda.set_device(self.device)
         self.name, self.run_dir, self.stop_after_epoch, self.quiet = name, run_dir, stop_after_epoch, quiet
         self.ckpt_path, self.final_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "final.pt")
+        self.best_path = os.path.join(run_dir, "best.pt")   # with a validation split: the best epoch (Rice et al.)
         self.say = print if self.rank == 0 else (lambda *a, **k: None)
         if self.rank == 0:
             sat_plumbing.check_out_dir(run_dir)
@@ -68,7 +70,8 @@ class Run:
         self.state, self.finished = None, False
         if os.path.isfile(self.final_path) and not force:
             done = sat_plumbing.load_checkpoint(self.final_path)["config"]
-            diff = [f"{k} {done.get(k)!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS if done.get(k) != getattr(cfg, k)]
+            diff = [f"{k} {done.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
+                    if done.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
             if diff:
                 raise sat_plumbing.UserError(f"{self.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
             self.say(f"{name}: finished already ({self.final_path}); --force retrains it")
@@ -86,6 +89,8 @@ class Run:
         self.cfg = cfg
         if self.rank == 0:
             sat_plumbing.remove_stale_temporaries(run_dir)   # left by a process killed while writing a checkpoint
+            if self.state is None and os.path.isfile(self.best_path):
+                os.remove(self.best_path)                     # an earlier run's best epoch: this one starts over
 
     def loader(self, train_ds):
         """DistributedSampler also for one process: its shuffle depends only on (seed, epoch), so a resumed
@@ -124,10 +129,12 @@ class Run:
                 with torch.no_grad():
                     for buf, saved in zip(self.bare.buffers(), state["rank_buffers"][self.rank]):
                         buf.copy_(saved)
-        self.best_pgd10, self.co_epoch = 0.0, None
+        self.best_pgd10, self.co_epoch, self.is_best = -1.0, None, False
         self.ckpt = state   # a resumed run that had finished its last epoch goes straight to writing final.pt
         for row in self.history:
             self.best_pgd10 = max(self.best_pgd10, row["check_pgd10_acc"])
+        if state is not None:
+            self.co_epoch = state["metrics"].get("catastrophic_overfitting_epoch")
         compiled = self.cfg.compile
         return (torch.compile(model) if compiled else model), (torch.compile(self.bare) if compiled else self.bare)
 
@@ -193,6 +200,11 @@ class Run:
                 and row["train_adv_acc"] > history[-2]["train_adv_acc"]):
             self.co_epoch = self.co_epoch or self.epoch + 1
             warning = "  <- catastrophic overfitting? PGD-10 collapsed while train accuracy rose"
+        # Early stopping (Rice et al. 2020): with a validation split, the epoch of the best PGD-10 accuracy on it
+        # (the first, on a tie) is kept as best.pt; the test images never enter the choice.
+        self.is_best = self.cfg.val_size > 0 and check_pgd10 > self.best_pgd10
+        if self.is_best:
+            warning += "  <- best so far (best.pt)"
         self.best_pgd10 = max(self.best_pgd10, check_pgd10)
         return row, warning
 
@@ -200,6 +212,8 @@ class Run:
         """checkpoint.pt and log.csv after the epoch; True when --stop-after-epoch asks to stop here."""
         self.ckpt = self.checkpoint(self.epoch + 1)
         if self.rank == 0:
+            if self.is_best:   # before checkpoint.pt: a crash in between redoes this epoch, and writes it again
+                sat_plumbing.save_checkpoint({**self.ckpt, "finished": True, "selected": "best"}, self.best_path)
             sat_plumbing.save_checkpoint(self.ckpt, self.ckpt_path)
             write_csv(os.path.join(self.run_dir, "log.csv"), self.history)
         done, stop = self.epoch + 1, self.stop_after_epoch
@@ -213,7 +227,9 @@ class Run:
         if self.rank == 0:
             sat_plumbing.save_checkpoint({**self.ckpt, "finished": True}, self.final_path)
             total = sum(r["seconds"] for r in self.history)
+            best = max(self.history, key=lambda r: r["check_pgd10_acc"]) if self.cfg.val_size else None
             self.say(f"{self.name}: trained in {total:.1f} s (the sum of its epochs) -> {self.final_path}"
+                     + (f"; best.pt: epoch {best['epoch']}, validation PGD-10 {100 * best['check_pgd10_acc']:.1f}%" if best else "")
                      + (f"  (catastrophic overfitting flagged at epoch {self.co_epoch})" if self.co_epoch else ""))
         if self.world > 1:
             assert_ranks_agree(self.bare, self.world, self.device)

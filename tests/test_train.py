@@ -57,9 +57,10 @@ def test_cifar10_folder_step(train_mod, tmp_path, monkeypatch):
     _write_fake_cifar(tmp_path / "data")
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
     cfg = train_mod.preset_config("cifar10", data=str(tmp_path / "data"), epochs=1, batch_size=8, milestones=[],
-                                  check_size=8, workers=0, out=str(tmp_path / "run"))
+                                  check_size=8, workers=0, out=str(tmp_path / "run"), val_size=4)
     ckpt = sat_plumbing.load_checkpoint(train_mod.train(cfg, quiet=True))
     assert ckpt["config"]["model"] == "cifar_resnet18" and ckpt["config"]["eps"] == 8.0
+    assert os.path.isfile(tmp_path / "run" / "best.pt")   # the preset's validation split (4 of the 40 images here)
     assert np.isfinite(ckpt["metrics"]["history"][0]["loss"])
 
 
