@@ -27,7 +27,8 @@ crash, the same command with `--resume` ends with an uninterrupted run's weights
 checkpoints inside an epoch). The harness behind that (resume, torchrun, sweeps): sat_training_run.py.
 Writes, per run, in runs/03_adv_train/<dataset>_[<model>_]<act>[_sg-<mode>]_s<seed>/:
     checkpoint.pt   every epoch (and every --checkpoint-every steps): model, optimizer, scheduler, scaler,
-                    epoch, config, rng, metrics; final.pt: the same once finished (stage 04 evaluates it)
+                    epoch, config, rng, metrics; final.pt: the same once finished (stage 04 evaluates it);
+                    best.pt: with a validation split (--val-size), the epoch of the best validation PGD-10
     log.csv         one row per epoch (the printed table);  train.log: the printout, with --jobs > 1
 """
 import argparse
@@ -172,7 +173,7 @@ PRESETS = {
     "fashionmnist": dict(model="fashionnet", eps=attack.EPS_PX["fashionmnist"], attack_steps=2, step_x_eps=1.25, epochs=10, batch_size=128,
                          lr_per_256=0.2, weight_decay=5e-4, warmup_epochs=1.0, milestones=[6, 9], label_smoothing=0.0,
                          check_size=1000, threads=1, val_size=5000),
-    # imagenet: the paper's recipe (../shared/PAPER.md), ResNet-50, eps 4/255, PGD-1 step 4/255, 80% random
+    # imagenet: the paper's recipe (docs/PAPER.md), ResNet-50, eps 4/255, PGD-1 step 4/255, 80% random
     # starts, 100 epochs, SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90, wd 1e-4,
     # label smoothing 0.1
     "imagenet": dict(model="resnet50", eps=attack.EPS_PX["imagenet"], epochs=100, batch_size=256, lr_per_256=0.1, weight_decay=1e-4,

@@ -4,7 +4,7 @@ Measured (README, digits, 15 seeds, `python 03_adv_train.py --seeds 15` then thi
 (Those tables predate the adaptive attacker below; they need re-evaluation with the present attack set.)
 
 Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1 and
-Figure 3. Evaluation hygiene after Carlini et al. 2019 (../shared/PAPER.md): an independent strong attack
+Figure 3. Evaluation hygiene after Carlini et al. 2019 (docs/PAPER.md): an independent strong attack
 (APGD, Croce & Hein 2020) and a gradient-free one (Square, Andriushchenko et al. 2020) from `torchattacks`
 beside our PGD, an adaptive attack for ReLU models, and on request the reference AutoAttack (`pyautoattack`);
 the headline robust accuracy is the per-example worst case over all of them.
@@ -46,6 +46,8 @@ Writes (runs/04_eval/; the code that writes them, and the cache, is in sat_repor
 progress bars in sat_shards.py):
     results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
     per_run.csv                      every number for every checkpoint, with its attack parameters
+    per_image.json                   per checkpoint and test image: right or not, clean, PGD-200, worst case
+                                     (--results DIR copies these small files, the tables too, to DIR)
     comparisons.csv, comparisons.md  each configuration minus plain ReLU, with its interval and verdict
     cache/<run>.json                 per-checkpoint results, per image (re-used while the checkpoint's contents,
                                      data, images, eps and attack settings are unchanged)
@@ -419,6 +421,8 @@ def main(argv=None):
     p = sat_plumbing.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
     p.add_argument("--runs", default=sat_plumbing.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
+    p.add_argument("--results", default=None, help="also copy the tables and the per-run and per-image results (small "
+                   "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
     p.add_argument("--checkpoint", default="final", choices=["final", "best"],
                    help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
                    "validation PGD-10; runs with a validation split only)")
@@ -480,7 +484,8 @@ def main(argv=None):
     sat_shards.stop()
     if rank == 0:
         comparisons = compare_with_relu(results)
-        sat_report.report(results, comparison_table(comparisons) if comparisons else None, args.out, PGD_STEPS, MARGIN, t_all)
+        sat_report.report(results, comparison_table(comparisons) if comparisons else None, args.out, PGD_STEPS, MARGIN, t_all,
+                          args.results)
 
 
 if __name__ == "__main__":

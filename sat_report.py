@@ -22,7 +22,7 @@ import sat_shards
 
 acts = importlib.import_module("01_activations")
 
-# The paper's ImageNet ResNet-50 numbers (../shared/PAPER.md): clean %, PGD-200 robust %
+# The paper's ImageNet ResNet-50 numbers (docs/PAPER.md): clean %, PGD-200 robust %
 PAPER_TABLE1 = {"none": (68.8, 33.0), "attacker": (68.3, 34.5), "optimizer": (69.4, 35.8), "both": (68.9, 36.9)}
 PAPER_FIGURE3 = {"relu": (68.8, 33.0), "psoftplus": (68.8, 38.7), "softplus": (68.4, 40.0),
                  "smoothrelu": (69.4, 40.3), "elu": (69.2, 41.7), "gelu": (70.0, 41.7), "silu": (69.7, 42.3)}
@@ -335,12 +335,38 @@ def draw_figures(rows, results, out_dir, pgd_steps):
 
 
 
-def report(results, comparison, out_dir, pgd_steps, margin, started):
+PER_IMAGE_KEYS = ("clean", "pgd200", "worst")   # what the comparisons with ReLU resample (per_image.json)
+
+
+def write_per_image(results, out_dir):
+    """per_image.json: for every checkpoint its configuration and, per test image in order, '1' where the model
+    was right ('0' where not) clean, under PGD-200 and in the worst case: what the paired bootstrap of the
+    comparisons resamples (notebook 3 and notebook 6 read it from results/)."""
+    runs = {r["run"]: {"recipe": r.get("recipe"), "label_fields": {k: r[k] for k in ("dataset", "act", "smooth_grad", "train_attack")},
+                       "seed": r["seed"], "checkpoint": r.get("checkpoint", "final"), "eps_px": r["eps_px"], "n": r["n"],
+                       **{k: r["per_image"][k] for k in PER_IMAGE_KEYS}}
+            for r in results if "per_image" in r}
+    with open(os.path.join(out_dir, "per_image.json"), "w") as f:
+        json.dump(runs, f, indent=0, sort_keys=True)
+
+
+def copy_results(out_dir, results_dir):
+    """The small files a reader needs (tables, per-run and per-image results) copied to results_dir (in git)."""
+    import shutil
+    os.makedirs(results_dir, exist_ok=True)
+    for name in ("results.md", "results.csv", "per_run.csv", "per_image.json", "comparisons.md", "comparisons.csv"):
+        if os.path.isfile(os.path.join(out_dir, name)):
+            shutil.copyfile(os.path.join(out_dir, name), os.path.join(results_dir, name))
+
+
+def report(results, comparison, out_dir, pgd_steps, margin, started, results_dir=None):
     """Every table and figure of a run of stage 04, and the summary printed after the per-checkpoint lines.
-    comparison: 04's comparison table (heads, rows of strings), or None when nothing was compared with ReLU."""
+    comparison: 04's comparison table (heads, rows of strings), or None when nothing was compared with ReLU.
+    results_dir: also copy the small files there (--results)."""
     rows = aggregate(results)
     md = write_tables(rows, out_dir)
     write_per_run(results, out_dir, pgd_steps)
+    write_per_image(results, out_dir)
     figs = draw_figures(rows, results, out_dir, pgd_steps)
     print(f"\nresults by configuration (accuracies in %, mean ± std over seeds; eps and attack parameters in per_run.csv):\n{md}")
     if comparison:
@@ -348,5 +374,8 @@ def report(results, comparison, out_dir, pgd_steps, margin, started):
               f"(paired: the same images); verdict: better / worse when the interval excludes 0, equal when it lies "
               f"within ±{100 * margin:g} points, else undecided; paper Δ: the paper's ImageNet difference:\n"
               f"{write_comparisons(*comparison, out_dir)}")
-    print(f"\nevaluated in {time.time() - started:.0f} s. Results table: {os.path.join(out_dir, 'results.md')} (and .csv, per_run.csv)")
+    if results_dir:
+        copy_results(out_dir, results_dir)
+    print(f"\nevaluated in {time.time() - started:.0f} s. Results table: {os.path.join(out_dir, 'results.md')} (and .csv, per_run.csv, "
+          f"per_image.json)" + (f"; the tables and per-run / per-image results copied to {results_dir}" if results_dir else ""))
     print("Figures: " + ", ".join(figs))

@@ -29,11 +29,12 @@
 
 # %%
 import os, sys
-# The repo root holds 01_activations.py: it is the parent of notebooks/ (this notebook's working directory).
-# The tests run the notebooks from a temporary folder and name the root in $SAT_REPO_ROOT.
-ROOT = os.environ.get("SAT_REPO_ROOT") or next(
-    (d for d in (os.path.dirname(os.getcwd()), os.getcwd()) if os.path.isfile(os.path.join(d, "01_activations.py"))), None)
-assert ROOT, "start this notebook from the repo's notebooks/ folder, or set SAT_REPO_ROOT to the repo root"
+# The repo root holds 01_activations.py: the parent of notebooks/ (the full edition's folder, its working
+# directory) and the grandparent of notebooks/student/ (the student edition's). $SAT_REPO_ROOT overrides it.
+here = os.getcwd()
+ROOT = os.environ.get("SAT_REPO_ROOT") or next((d for d in (os.path.dirname(here), os.path.dirname(os.path.dirname(here)), here)
+                                                if os.path.isfile(os.path.join(d, "01_activations.py"))), None)
+assert ROOT, "start this notebook from the repo's notebooks/ or notebooks/student/ folder, or set SAT_REPO_ROOT to the repo root"
 sys.path[:0] = [ROOT, os.path.join(ROOT, "notebooks")]
 import nbsetup as nb   # paths, quick mode, table/figure helpers: notebooks/nbsetup.py
 print(f"quick mode: {nb.QUICK}; models trained here go to {os.path.relpath(nb.OUT, ROOT)}/")
@@ -51,7 +52,7 @@ EPS = attack.px(attack.EPS_PX["digits"])
 # %% [markdown]
 # ## The paper's scaling results (ImageNet)
 #
-# From `../shared/PAPER.md`. Two attacks appear: the paper's Figure 3 number for ResNet-50 is PGD-200; the
+# From `../docs/PAPER.md`. Two attacks appear: the paper's Figure 3 number for ResNet-50 is PGD-200; the
 # released checkpoints were evaluated by the official code with PGD-50 (ε = 4/255, step 1/255), which is the
 # column to compare across architectures. ResNet-50 SiLU has both (42.3 with PGD-200 in the figure, 41.9 with
 # PGD-50 from the release). Parameter counts are computed from torchvision's untrained models where torchvision

@@ -86,13 +86,13 @@ def notebook_dirs(tmp_path_factory):
 
 @pytest.fixture
 def quick_env(notebook_dirs, monkeypatch):
-    """Quick mode, the shared runs folder, the repo root named for notebooks run from elsewhere, and the kernel
+    """Quick mode, the shared runs folder, no $SAT_REPO_ROOT (a student opening the stored file has none), and the kernel
     lookup `make notebooks` uses (JUPYTER_PREFER_ENV_PATH=1); the kernel inherits these. Restored afterwards."""
     runs, no_stage_outputs = notebook_dirs
     monkeypatch.setenv("SAT_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("SAT_RUNS_DIR", runs)
     monkeypatch.setenv("SAT_STAGE_RUNS", no_stage_outputs)   # as on a fresh clone
-    monkeypatch.setenv("SAT_REPO_ROOT", ROOT)
+    monkeypatch.delenv("SAT_REPO_ROOT", raising=False)   # each edition finds the repo from where it is stored
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
 
 
@@ -157,8 +157,11 @@ def test_notebook_runs_top_to_bottom(path, quick_env, tmp_path):
     with open(path, "rb") as f:
         before = f.read()
     nb = nbformat.read(path, as_version=4)
-    execute(nb, tmp_path)
+    folder = os.path.dirname(path)
+    files_before = sorted(os.listdir(folder))
+    execute(nb, folder)   # where it is stored, as JupyterLab or `jupyter nbconvert --execute` runs it
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    assert sorted(os.listdir(folder)) == files_before, "a notebook wrote into its own folder"
     with open(path, "rb") as f:
         assert f.read() == before, "the stored notebook must not change"
