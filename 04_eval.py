@@ -384,7 +384,7 @@ def evaluate_checkpoint(path, args, device, position=0):
     subset = args.subset if cfg["dataset"] == "imagenet" else "all"   # RobustBench's list names ImageNet images
     key = sat_report.cache_key(path, args, cfg, s, subset)
     cache = sat_report.cache_file(path, args)
-    saved = sat_shards.broadcast(None if args.no_cache else sat_report.cached_result(cache, key))
+    saved = sat_shards.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or same_as_final(path, ckpt, args, s, subset))
     if saved is not None:
         return saved, True
     images = sat_report.test_images(cfg, args.data, args.limit, subset)
@@ -398,13 +398,28 @@ def evaluate_checkpoint(path, args, device, position=0):
     if masks is None:
         return None, False
     res = summarize(masks, attack_params(eps, cfg["num_classes"], s, adaptive), eps, cfg["num_classes"])
-    res.update(run=os.path.basename(os.path.dirname(path)), path=path, dataset=cfg["dataset"], model=cfg["model"],
+    res.update(run=os.path.basename(os.path.dirname(path)) + ("@best" if ckpt.get("selected") == "best" else ""), path=path, dataset=cfg["dataset"], model=cfg["model"],
                act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
                eps_px=eps_px, epochs=ckpt.get("epoch"), subset=subset, checkpoint=ckpt.get("selected", "final"),
                recipe={**sat_report.recipe(cfg), **({"checkpoint": "best"} if ckpt.get("selected") == "best" else {})})
     sat_shards.write_json(cache, {"key": key, "result": res})
     run.remove_parts()
     return res, False
+
+
+def same_as_final(path, ckpt, args, s, subset):
+    """A best.pt whose epoch is its run's last holds final.pt's weights: final.pt's saved result (same test
+    images and attack settings), relabelled, when this evaluation has it; else None (it is then evaluated)."""
+    final = os.path.join(os.path.dirname(path), "final.pt")
+    if ckpt.get("selected") != "best" or not os.path.isfile(final):
+        return None
+    fin = sat_plumbing.load_checkpoint(final)
+    if fin.get("epoch") != ckpt.get("epoch") or any(not torch.equal(fin["model"][k], ckpt["model"][k]) for k in ckpt["model"]):
+        return None
+    r = sat_report.cached_result(sat_report.cache_file(final, args), sat_report.cache_key(final, args, fin["config"], s, subset))
+    if r is not None:
+        r = {**r, "run": r["run"] + "@best", "path": path, "checkpoint": "best", "recipe": {**r["recipe"], "checkpoint": "best"}}
+    return r
 
 
 def evaluate_job(job):
@@ -423,9 +438,9 @@ def main(argv=None):
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
     p.add_argument("--results", default=None, help="also copy the tables and the per-run and per-image results (small "
                    "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
-    p.add_argument("--checkpoint", default="final", choices=["final", "best"],
+    p.add_argument("--checkpoint", nargs="+", default=["final"], choices=["final", "best"],
                    help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
-                   "validation PGD-10; runs with a validation split only)")
+                   "validation PGD-10; runs with a validation split only); both: rows of each kind in one table")
     p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--subset", default="all", choices=["all", "robustbench"],
                    help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
@@ -457,9 +472,10 @@ def main(argv=None):
         attack.check_px("--eps", args.eps)
     args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
     vars(args).update(sat_plumbing.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
-    if args.checkpoint == "best" and args.out == OUT_DIR:
-        args.out = OUT_DIR + "_best"   # its own tables: never mixed with the final checkpoints'
-    paths = sat_report.checkpoints_to_evaluate(args.runs, args.out, args.checkpoint)   # or a one-line error naming the stage to run
+    if "best" in args.checkpoint and args.out == OUT_DIR:
+        args.out = OUT_DIR + "_best"   # tables of their own: rows "[best epoch]" beside the final ones if both asked
+    paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
+             for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)]   # or a one-line error naming the stage to run
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     attacks_at_full_precision()

@@ -1,5 +1,6 @@
-"""Every command a user reads runs as written: each command of README.md (its ```bash blocks and its inline
-`python ...`, `make ...`, `torchrun ...` spans) and each command in the numbered stages' docstrings.
+"""Every command a user reads runs as written: each command of README.md, docs/SCALING.md, RESULTS.md and
+docs/SNIPPETS.md (their ```bash blocks and their inline `python ...`, `make ...`, `torchrun ...` spans) and each
+command in the numbered stages' docstrings.
 
 They run in the order a reader meets them, in one scratch copy of the repo (so `runs/` fills up as it would
 for a user, and a later command reads what an earlier one wrote), on tiny data this file generates:
@@ -29,12 +30,12 @@ from test_fashionmnist import write_fake_fashion
 
 
 STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
-# The commands run in three parts, each in reading order on one worker (a test class, see conftest.py), so that
-# both cores work: the README up to the first line that starts with a marker here, then up to the second, then
-# the rest with the stages' docstrings (about a third of the work each). No command of a part reads what another part wrote: each part runs in a scratch copy of
-# its own (`user_dirs`), made once per worker and kept for the whole session (a module-scoped fixture would be
-# made anew whenever the worker runs a test of another file between two commands).
-PARTS = ("**ImageNet, ResNet-50", "## Notebooks")
+# The pages a user reads, in three parts, each run in reading order on one worker (a test class, see conftest.py)
+# so that both cores work: the README; the scaling page (CIFAR-10, ImageNet, torchrun); the results page with the
+# stages' docstrings (about a third of the work each). No command of a part reads what another part wrote: each
+# part runs in a scratch copy of its own (`user_dirs`), made once per worker and kept for the whole session (a
+# module-scoped fixture would be made anew whenever the worker runs a test of another file between two commands).
+PAGES = (("README.md",), ("docs/SCALING.md",), ("RESULTS.md", "docs/SNIPPETS.md"))
 NOT_RUN = {"make test": "this test suite itself"}
 PREFIXES = ("python ", "make ", "torchrun ")
 
@@ -67,22 +68,11 @@ def docstring_commands(path):
             if line.startswith("    ") and line.strip().startswith(("python ", "torchrun "))]
 
 
-def readme_parts(text):
-    """The README cut before the first line starting with each marker of PARTS: len(PARTS) + 1 texts."""
-    parts = []
-    for marker in PARTS:
-        head, sep, text = text.partition("\n" + marker)
-        assert sep, f"README.md has no line starting with {marker!r} (tests/test_readme_commands.py PARTS)"
-        parts.append(head)
-        text = sep + text
-    return parts + [text]
-
-
 def all_commands():
     """(source, command, part) in reading order; the stages' docstrings belong to the last part."""
-    parts = readme_parts(open(os.path.join(ROOT, "README.md")).read())
-    cmds = [("README", c, i) for i, part in enumerate(parts) for c in readme_commands(part)]
-    cmds += [(s, c, len(parts) - 1) for s in STAGES for c in docstring_commands(os.path.join(ROOT, s))]
+    cmds = [(page[:-3] if page == "README.md" else page, c, i) for i, pages in enumerate(PAGES) for page in pages
+            for c in readme_commands(open(os.path.join(ROOT, page)).read())]
+    cmds += [(s, c, len(PAGES) - 1) for s in STAGES for c in docstring_commands(os.path.join(ROOT, s))]
     seen, out = set(), []
     for src, c, part in cmds:   # a command met twice runs once, where it is first met
         if c not in NOT_RUN and c not in seen:
@@ -97,12 +87,13 @@ COMMANDS = all_commands()
 def test_the_commands_are_found():
     """The extraction itself: if it silently found nothing, every other test here would pass vacuously."""
     readme = [c for src, c, _ in COMMANDS if src == "README"]
-    assert "make run" in readme and len(readme) >= 10
-    assert any(c.startswith("torchrun --nnodes") for c in readme)
+    assert "make run" in readme and "python 04_eval.py" in readme and len(readme) >= 5
+    assert any(c.startswith("torchrun --nnodes") for src, c, _ in COMMANDS if src == "docs/SCALING.md")
+    assert sum(src == "RESULTS.md" for src, _, _ in COMMANDS) >= 5
     for s in STAGES:
         assert docstring_commands(os.path.join(ROOT, s)), f"no command found in {s}'s docstring"
-    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 15", len(PARTS)) in COMMANDS   # met there first
-    assert {part for _, _, part in COMMANDS} == set(range(len(PARTS) + 1))   # every part holds commands
+    assert ("03_adv_train.py", "python 03_adv_train.py --seeds 15", len(PAGES) - 1) in COMMANDS   # met there first
+    assert {part for _, _, part in COMMANDS} == set(range(len(PAGES)))   # every part holds commands
     assert readme_commands("```bash\npython a.py \\\n    --x 1   # note\n# only a comment\n```\n`make b` and `ls`") == \
         ["python a.py --x 1", "make b"]
 
@@ -206,4 +197,4 @@ def part_class(part):
     return Part
 
 
-TestPart0, TestPart1, TestPart2 = (part_class(part) for part in range(len(PARTS) + 1))
+TestPart0, TestPart1, TestPart2 = (part_class(part) for part in range(len(PAGES)))

@@ -1,5 +1,5 @@
-"""The README's copy-paste snippets run as written from a folder outside the clone: each ```python block of
-README.md, with its REPO placeholder replaced by this clone's path, runs with this Python in a temporary folder
+"""The copy-paste snippets (docs/SNIPPETS.md) run as written from a folder outside the clone: each ```python block of
+docs/SNIPPETS.md, with its REPO placeholder replaced by this clone's path, runs with this Python in a temporary folder
 (no PYTHONPATH), and exits 0. A snippet that works only from inside the clone fails here."""
 import os
 import re
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-PLACEHOLDER = "/path/to/SmoothAdversarialTraining"   # what the README tells a reader to replace
+PLACEHOLDER = "/path/to/SmoothAdversarialTraining"   # what docs/SNIPPETS.md tells a reader to replace
 
 
 def python_blocks(text):
@@ -18,11 +18,11 @@ def python_blocks(text):
     return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-BLOCKS = python_blocks(open(os.path.join(ROOT, "README.md")).read())
+BLOCKS = python_blocks(open(os.path.join(ROOT, "docs", "SNIPPETS.md")).read())
 
 
 def test_the_snippets_are_found():
-    assert len(BLOCKS) >= 3, "the README's copy-paste snippets were not found"
+    assert len(BLOCKS) >= 3, "the copy-paste snippets of docs/SNIPPETS.md were not found"
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
@@ -35,5 +35,5 @@ def test_snippet_runs_from_outside_the_clone(i, tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
-    assert r.returncode == 0, f"README snippet {i + 1} failed:\n{code}\n{r.stderr}"
+    assert r.returncode == 0, f"docs/SNIPPETS.md snippet {i + 1} failed:\n{code}\n{r.stderr}"
     assert not (tmp_path / "runs").exists(), "a snippet wrote outputs into the reader's folder"
