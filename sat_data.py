@@ -78,10 +78,10 @@ def fashion_mnist_folder(data_dir: str, download: bool = False) -> str:
             torchvision.datasets.FashionMNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as e:   # no network, a mirror down, a bad md5
             raise UserError(f"Fashion-MNIST download into {candidates[1]!r} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
-                            f"offline, point --data at a folder holding its four .gz files (`apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist)")
+                            f"offline, point --data at a folder holding its four .gz files (`apt-get update && apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist)")
         return candidates[1]
     raise UserError(f"no Fashion-MNIST in {data_dir!r} (nor in its FashionMNIST/raw/): it needs {', '.join(names)}; "
-                    f"`apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist, or pass --download")
+                    f"`apt-get update && apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist, or pass --download")
 
 
 def read_idx_gz(path: str, magic: int) -> np.ndarray:

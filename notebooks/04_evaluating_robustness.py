@@ -59,9 +59,10 @@ BUDGET = dict(apgd_steps=nb.size(50, 5), square_queries=nb.size(500, 50))   # st
 print(f"{len(y)} test images, eps {EPS * 255:g}/255, APGD {BUDGET['apgd_steps']} steps, Square {BUDGET['square_queries']} queries")
 
 # %% [markdown]
-# ## An honest model, every attack
+# ## A trained model, every attack
 #
 # The adversarially trained ReLU model (stage 03's preset, PGD-1 at 64/255), through stage 04's `evaluate_model`.
+# Whether its PGD-200 number can be trusted is what the checks below decide.
 
 # %%
 relu, _, _ = nb.adv_model("relu")

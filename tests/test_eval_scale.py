@@ -95,7 +95,7 @@ def test_two_recipes_of_one_activation_are_two_rows_named_by_what_differs(traine
 
 def test_recipe_leaves_out_the_seed_and_the_bookkeeping_and_labels_stay_short_when_nothing_differs():
     cfg = {"dataset": "digits", "model": "digitsnet", "act": "silu", "seed": 3, "out": "runs/x", "workers": 2, "width": 16}
-    assert sat_report.recipe(cfg) == {"act": "silu", "dataset": "digits", "model": "digitsnet", "width": 16}
+    assert sat_report.recipe(cfg) == {"act": "silu", "dataset": "digits", "model": "digitsnet", "width": 16, "val_size": 0}
     r = {"dataset": "imagenet", "act": "silu", "smooth_grad": "none", "train_attack": "pgd-1"}
     rs = [dict(r, recipe={"model": m, "act": "silu"}) for m in ("resnet50", "resnet101")] + \
          [dict(r, act="relu", recipe={"model": "resnet50", "act": "relu"})]

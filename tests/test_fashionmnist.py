@@ -85,14 +85,17 @@ def test_model_fits_28x28_and_torchvision_models_are_refused():
 def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     write_fake_fashion(tmp_path / "fm")
     train_args = ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu", "--smooth-grad", "none",
-                  "--epochs", "1", "--milestones", "--batch-size", "8", "--check-size", "8", "--quiet", "--out", str(tmp_path / "runs")]
+                  "--epochs", "1", "--milestones", "--batch-size", "8", "--check-size", "8", "--val-size", "4", "--quiet",
+                  "--out", str(tmp_path / "runs")]
     sat_plumbing.run_cli(stage("03_adv_train").main, train_args)
     ckpt = sat_plumbing.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
     cfg = ckpt["config"]
     assert (cfg["model"], cfg["eps"], cfg["attack_steps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == \
         ("fashionnet", 25.5, 2, 31.875, 10, 1)
     assert len(ckpt["metrics"]["history"]) == 1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
-    assert "3 steps/epoch" in capsys.readouterr().out   # 24 training images in batches of 8
+    out = capsys.readouterr().out
+    assert "2 steps/epoch" in out   # 24 training images less 4 held out for validation: 20, in full batches of 8
+    assert "on 4 validation images" in out and os.path.isfile(tmp_path / "runs" / "fashionmnist_relu_s0" / "best.pt")
     sat_plumbing.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
                                            "--batch-size", "6", "--apgd-steps", "2", "--square-queries", "5"])
     out = capsys.readouterr().out
@@ -125,7 +128,7 @@ def test_missing_files_are_one_error_line(tmp_path, capsys, stage_name):
         write_fake_fashion(tmp_path / "fm")
         sat_plumbing.run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu",
                                                     "--smooth-grad", "none", "--epochs", "1", "--batch-size", "8",
-                                                    "--check-size", "8", "--quiet", "--out", str(tmp_path / "runs")])
+                                                    "--check-size", "8", "--val-size", "0", "--quiet", "--out", str(tmp_path / "runs")])
         argv = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--data", str(tmp_path / "empty")]
     code, err = run_cli(stage(stage_name).main, argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1, err

@@ -50,13 +50,13 @@ digits silu,2,81.2 ± 8.8,43.8 ± 8.8,31.2 ± 8.8,—,40.0 ± 0.0,37.5 ± 0.0,�
 """
 
 PER_RUN_CSV = """\
-run,dataset,model,act,smooth_grad,train_attack,seed,eps_px,n,clean,fgsm,pgd1,pgd10,pgd50,pgd200,pgd200_sg,apgd_ce,apgd_dlr,apgd_t,square,autoattack,worst,flags,attack_parameters
-digits_relu_s0,digits,digitsnet,relu,none,pgd-1,0,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s1,digits,digitsnet,relu,none,pgd-1,1,64.0,8,1.0,0.5,0.6,0.5,0.45,0.625,,0.4,0.375,,0.375,,0.5,independent: apgd_ce 40.0% < PGD-200 62.5%,fgsm: eps=64/255 | pgd200: steps=200
-digits_silu_s0,digits,digitsnet,silu,none,pgd-1,0,64.0,8,0.75,0.5,0.6,0.5,0.45,0.375,,0.4,0.375,,0.375,,0.25,"steps: PGD-200 37.5% > PGD-50 25.0%; eps: 50.0% at eps 512/255, chance is 10%",fgsm: eps=64/255 | pgd200: steps=200
-digits_silu_s1,digits,digitsnet,silu,none,pgd-1,1,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s0,digits,digitsnet,relu,attacker,pgd-1,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.75,,0.4,0.375,,0.375,,0.625,,fgsm: eps=64/255 | pgd200: steps=200
-digits_relu_s0,digits,digitsnet,relu,none,none,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.0,,0.4,0.375,,0.375,,0.0,,fgsm: eps=64/255 | pgd200: steps=200
+run,dataset,model,act,smooth_grad,train_attack,seed,eps_px,n,clean,fgsm,pgd1,pgd10,pgd50,pgd200,pgd200_sg,apgd_ce,apgd_dlr,apgd_t,square,autoattack,worst,flags,attack_parameters,checkpoint,epochs
+digits_relu_s0,digits,digitsnet,relu,none,pgd-1,0,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200,,
+digits_relu_s1,digits,digitsnet,relu,none,pgd-1,1,64.0,8,1.0,0.5,0.6,0.5,0.45,0.625,,0.4,0.375,,0.375,,0.5,independent: apgd_ce 40.0% < PGD-200 62.5%,fgsm: eps=64/255 | pgd200: steps=200,,
+digits_silu_s0,digits,digitsnet,silu,none,pgd-1,0,64.0,8,0.75,0.5,0.6,0.5,0.45,0.375,,0.4,0.375,,0.375,,0.25,"steps: PGD-200 37.5% > PGD-50 25.0%; eps: 50.0% at eps 512/255, chance is 10%",fgsm: eps=64/255 | pgd200: steps=200,,
+digits_silu_s1,digits,digitsnet,silu,none,pgd-1,1,64.0,8,0.875,0.5,0.6,0.5,0.45,0.5,,0.4,0.375,,0.375,,0.375,,fgsm: eps=64/255 | pgd200: steps=200,,
+digits_relu_s0,digits,digitsnet,relu,attacker,pgd-1,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.75,,0.4,0.375,,0.375,,0.625,,fgsm: eps=64/255 | pgd200: steps=200,,
+digits_relu_s0,digits,digitsnet,relu,none,none,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.0,,0.4,0.375,,0.375,,0.0,,fgsm: eps=64/255 | pgd200: steps=200,,
 """
 
 COMPARISONS_MD = """\
