@@ -213,6 +213,34 @@ print(f"adversarially trained, eps 64/255: PGD-{STEPS[0]} {last[0]:.1f}% -> PGD-
 #    does robust accuracy fall from one restart to three?
 # 3. **Where does PGD put the perturbation?** Plot a histogram of the pixel values of δ = x_adv − x for PGD-10 at
 #    64/255 on the adversarially trained model. Why do most values sit at +ε, −ε or 0?
+# 4. **Write PGD yourself.** Fill in `my_pgd` in the cell below: `steps` signed-gradient steps of size `step` on the
+#    cross-entropy, each followed by the projection onto the ball (|δ| ≤ ε) and onto the image box ([0, 1]).
+#    Start at x itself (no random start), so that the check cell can compare your iterates with stage 02's
+#    `attack.pgd(..., rand_start_prob=0.0)`, pixel for pixel. Then add the random start (δ₀ uniform in the ball).
+
+# %%
+def my_pgd(model, x, y, eps, step, steps):
+    """Untargeted L-inf PGD from x itself: returns x_adv with |x_adv - x| <= eps and x_adv in [0, 1]."""
+    # your code here: a delta that requires grad, torch.nn.functional.cross_entropy(model(x + delta), y),
+    # torch.autograd.grad, a step along the sign, then torch.clamp twice (the ball, then the box)
+    return None
+
+
+def check_pgd(fn, steps=10):
+    """Your PGD against stage 02's on the adversarially trained model, from the same start (x itself)."""
+    step = attack.default_step(EPS, steps)
+    mine = fn(robust_relu, x, y, EPS, step, steps)
+    if mine is None:
+        print("my_pgd returns None: write it in the cell above, then run this cell again")
+        return
+    ref = attack.pgd(robust_relu, x, y, EPS, step, steps, rand_start_prob=0.0)
+    print(f"largest |delta| {(mine - x).abs().max().item() * 255:.2f}/255 (eps {EPS * 255:g}/255); "
+          f"pixels in [0, 1]: {bool(((mine >= 0) & (mine <= 1)).all())}")
+    print(f"pixels that differ from stage 02's pgd: {100 * ((mine - ref).abs() > 1e-6).float().mean().item():.2f}%; "
+          f"robust accuracy {100 * nb.accuracy(robust_relu, mine, y):.1f}% (yours) vs {100 * nb.accuracy(robust_relu, ref, y):.1f}% (stage 02)")
+
+
+check_pgd(my_pgd)
 
 # %% [markdown] tags=["solution"]
 # ## Solutions
@@ -256,3 +284,22 @@ at_eps = (d.abs() > EPS * 255 - 0.5).float().mean().item()
 at_zero = (d.abs() < 0.5).float().mean().item()
 print(f"{100 * at_eps:.0f}% of pixel changes are at +-eps, {100 * at_zero:.0f}% are ~0; "
       f"{100 * (x == 0).float().mean():.0f}% of the clean pixels are black (0)")
+
+# %% [markdown] tags=["solution"]
+# **4.** Each step: the loss's gradient with respect to δ (not the weights), a step of size α along its sign, then
+# the two projections. The check prints 0.00% of pixels differing: the same iterates as stage 02's `pgd`.
+
+# %% tags=["solution"]
+def my_pgd(model, x, y, eps, step, steps):
+    model.eval()
+    delta = torch.zeros_like(x)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(x + delta), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)   # the ball
+        delta = (x + delta).clamp(0, 1) - x                               # the image box
+    return (x + delta).detach()
+
+
+check_pgd(my_pgd)

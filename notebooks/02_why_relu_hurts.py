@@ -257,6 +257,41 @@ print(f"at the training setting (PGD-1, eps 64/255, random start) the smooth-bac
 #    with |z| < 0.1 on the test images, per layer.
 # 3. **Does the edge last?** Repeat the attacker comparison with PGD-k for k = 1, 2, 5, 10, 20 (stage 02's step
 #    rule) at 64/255. Does the smooth backward still matter when the attacker takes many steps?
+# 4. **Write the smooth backward.** Fill in `MyReLUSmoothGrad`, a `torch.autograd.Function` whose forward is ReLU's
+#    and whose backward multiplies the incoming gradient by σ(αx) (Parametric Softplus's derivative) instead of
+#    ReLU's step. The check cell compares its outputs and gradients with stage 01's `SmoothGradReLU(smooth=True)`
+#    on 201 points of [−1, 1], in float64.
+
+# %%
+class MyReLUSmoothGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        # your code: keep what backward needs (ctx.save_for_backward(x), ctx.alpha = alpha), return ReLU of x
+        return None
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # your code: the gradient for x, and None for alpha (a plain number, no gradient)
+        return None, None
+
+
+def check_smooth_relu(fn, alpha=10.0):
+    """fn.apply(z, alpha) against stage 01's SmoothGradReLU with the smooth backward on: forward and gradient."""
+    z = torch.linspace(-1, 1, 201, dtype=torch.float64, requires_grad=True)
+    out = fn.apply(z, alpha)
+    if out is None:
+        print("MyReLUSmoothGrad.forward returns None: write it in the cell above, then run this cell again")
+        return
+    (g_mine,) = torch.autograd.grad(out.sum(), z)
+    ref_module = acts.SmoothGradReLU(alpha=alpha, smooth=True)
+    ref = ref_module(z)
+    (g_ref,) = torch.autograd.grad(ref.sum(), z)
+    print(f"forward equals ReLU's: {torch.equal(out.detach(), torch.relu(z).detach())}; largest gradient difference "
+          f"from stage 01: {(g_mine - g_ref).abs().max().item():.1e}; gradient at z = 0: {g_mine[100].item():.2f} "
+          f"(ReLU's step: 0 or 1; sigmoid(0) = 0.5)")
+
+
+check_smooth_relu(MyReLUSmoothGrad)
 
 # %% [markdown] tags=["solution"]
 # ## Solutions
@@ -319,3 +354,24 @@ print(f"difference at PGD-{k1}: {diffs[k1]:+.1f} points; at PGD-{kn}: {diffs[kn]
 # with the true gradient then overstates the model's robustness, a mild form of the gradient masking that
 # notebooks 3 and 4 look at. Either way the reported robustness of the ReLU model must come from the strongest
 # attack available, not from its own gradient alone.
+
+# %% [markdown] tags=["solution"]
+# **4.** The forward keeps x for the backward and returns ReLU's value; the backward ignores ReLU's derivative and
+# uses σ(αx). The check prints an equal forward, a gradient difference of 0.0e+00 from stage 01 and 0.50 at z = 0:
+# an autograd Function whose backward is not its forward's derivative, on purpose.
+
+# %% tags=["solution"]
+class MyReLUSmoothGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out * torch.sigmoid(ctx.alpha * x), None
+
+
+check_smooth_relu(MyReLUSmoothGrad)
