@@ -15,6 +15,12 @@
 # %% [markdown]
 # # 1. Adversarial examples and PGD
 #
+# **Learning objectives.** After this notebook you can (1) state the $L_\infty$ threat model and the min-max objective
+# (Eq. 1), (2) write PGD and check it against stage 02's, (3) read robust accuracy against the number of steps
+# and against ε, and (4) say what adversarial training buys. **Prerequisites.** PyTorch autograd and the
+# cross-entropy loss; no earlier notebook. **Time.** About 45 minutes with the exercises; the cells run in about a
+# minute on 2 CPU cores.
+#
 # *Smooth Adversarial Training* (Xie, Tan, Gong, Yuille, Le; arXiv:2006.14536) trains networks that resist
 # adversarial examples. Before anything is smoothed, this notebook sets up what the rest builds on: the
 # **threat model** (what an attacker may change) and the **PGD attacker** (how it finds the change), using the
@@ -81,6 +87,24 @@ attack = nb.stage("02_pgd")   # pgd, pgd_eval, px, default_step, EPS_PX, draw_ex
 EPS = attack.px(attack.EPS_PX["digits"])   # 64/255, the digits default, in [0, 1] units
 x, y = nb.test_set(nb.size(200, 50))       # the first test images: (N, 1, 8, 8) in [0, 1], labels (N,)
 print(f"{len(y)} test images; eps = {EPS * 255:g}/255 = {EPS:.3f} = {EPS * 16:.1f} grey levels")
+
+# %% [markdown]
+# ## Warm-up: FGSM on a linear model
+#
+# For a linear score $s(x) = w^\top x + b$ (class 1 when $s > 0$), the perturbation in the ball that lowers the
+# score most is $\delta = -\epsilon\,\mathrm{sign}(w)$: every coordinate moves by ε against its weight, and the
+# score falls by exactly $\epsilon \lVert w \rVert_1$. The gradient of the score is $w$, so one signed-gradient step
+# (FGSM, Goodfellow et al. 2015) finds this exact worst case. The fall grows with the dimension: many tiny
+# changes, each invisible, add up.
+
+# %%
+torch.manual_seed(0)
+for d in (64, 784, 150_528):   # an 8x8 digit, a 28x28 Fashion-MNIST image, a 224x224x3 ImageNet crop
+    w, x_lin = torch.randn(d) / d ** 0.5, torch.rand(d, requires_grad=True)   # weights scaled so s(x) stays O(1)
+    (grad,) = torch.autograd.grad(x_lin @ w, x_lin)
+    delta = -attack.px(4) * grad.sign()                                          # FGSM at eps = 4/255
+    print(f"d = {d:>7}: FGSM step equals -eps * sign(w): {torch.equal(delta, -attack.px(4) * w.sign())}; "
+          f"score falls by {(-(delta @ w)).item():.3f} = eps * ||w||_1 (each pixel moved by 4/255 only)")
 
 # %% [markdown]
 # ## A standard model

@@ -15,6 +15,12 @@
 # %% [markdown]
 # # 2. Why ReLU hurts: gradient quality
 #
+# **Learning objectives.** After this notebook you can (1) explain why ReLU's step-function derivative hurts both
+# the attacker and the optimizer, (2) measure how stable an input gradient is, (3) write a ReLU whose backward
+# pass is smooth (an autograd Function), and (4) read Table 1's "attacker" row as a statement about the attacker's
+# strength. **Prerequisites.** Notebook 1 (PGD). **Time.** About 45 minutes with the exercises; the cells run in
+# about a minute on 2 CPU cores.
+#
 # The paper's argument (Section 3): adversarial training uses gradients twice, in the **attacker** (the inner max of
 # Eq. 1) and in the **optimizer** (the outer min). ReLU's derivative is a step function,
 #

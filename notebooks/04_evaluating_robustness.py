@@ -15,6 +15,11 @@
 # %% [markdown]
 # # 4. Evaluating robustness without fooling yourself
 #
+# **Learning objectives.** After this notebook you can (1) list Carlini et al.'s sanity checks, (2) run PGD, APGD
+# and Square on one model and read their disagreement, and (3) recognise two deliberately masked models that PGD
+# calls robust. **Prerequisites.** Notebook 1. **Time.** About 45 minutes with the exercises; the cells run in
+# about a minute on 2 CPU cores.
+#
 # A robust accuracy is a claim that *no* perturbation in the ball fools the model; an attack can only ever show
 # the opposite. So every robustness number is an upper bound, as good as the strongest attack behind it, and a
 # model can look robust because the attack fails rather than because the model is robust: **gradient masking**.

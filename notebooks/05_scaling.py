@@ -15,6 +15,11 @@
 # %% [markdown]
 # # 5. Scaling: bigger networks and SAT
 #
+# **Learning objectives.** After this notebook you can (1) read the paper's scaling results, (2) say what the
+# activation swap replaces in each model family, and (3) judge whether SAT is "free" from measured step costs.
+# **Prerequisites.** Notebooks 1 to 3. **Time.** About 30 minutes with the exercises; the cells run in about a
+# minute on 2 CPU cores.
+#
 # Section 5 of the paper: SAT keeps helping as the network grows. Deeper and wider ResNets and ResNeXts trained
 # with SAT (SiLU, same recipe: Eq. 1 with PGD-1 at ε = 4/255) improve both clean and robust accuracy, and an
 # EfficientNet-L1 trained with SAT reached 82.2% clean and 58.6% robust accuracy on ImageNet, +9.5 / +11.6 points
