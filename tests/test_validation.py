@@ -97,3 +97,18 @@ def test_stage04_evaluates_best_pt_in_tables_of_its_own(train_mod, tmp_path, cap
         sat_plumbing.run_cli(ev.main, ["--runs", str(tmp_path / "runs" / "03_adv_train" / "noval"), "--out", str(out),
                                        "--checkpoint", "best"])
     assert e.value.code == 2 and "no best.pt" in capsys.readouterr().err
+
+
+def test_final_and_best_in_one_table_and_a_best_equal_to_final_reuses_its_result(train_mod, tmp_path, capsys):
+    runs = tmp_path / "runs" / "03_adv_train"
+    train_mod.train(cfg_digits(train_mod, runs / "digits_relu_s0", epochs=1), quiet=True)   # best.pt = epoch 1 = final
+    ev = importlib.import_module("04_eval")
+    ev.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ev"), "--checkpoint", "final", "best",
+             "--limit", "20", "--apgd-steps", "2", "--square-queries", "5", "--jobs", "1"])
+    rows = [line.split("\r")[-1].split() for line in capsys.readouterr().out.splitlines()]   # progress bars end in \r
+    lines = [" ".join(r) for r in rows if r and r[0] in ("digits_relu_s0", "digits_relu_s0@best")]
+    assert [line.split()[0] for line in lines] == ["digits_relu_s0", "digits_relu_s0@best"]
+    assert lines[1].split()[-2] == "cache"                          # the same weights: final.pt's result, not re-run
+    assert lines[0].split()[1:11] == lines[1].split()[1:11]          # every accuracy the same
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "| digits relu |" in md and "| digits relu [best epoch] |" in md
