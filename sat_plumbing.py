@@ -213,7 +213,7 @@ def in_processes(fn, items, jobs: int):
         yield from ((i, fn(item)) for i, item in enumerate(items))
         return
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                                                initializer=_worker_start) as pool:
         futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
         try:
             for fut in concurrent.futures.as_completed(futures):
@@ -222,6 +222,22 @@ def in_processes(fn, items, jobs: int):
             for fut in futures:
                 fut.cancel()
             raise
+
+
+def _worker_start():
+    """A --jobs worker's set-up: one torch thread, and (Linux) death with its parent. Without the second, a parent
+    killed by a signal it cannot catch (kill -9, or kill of the parent alone) left its workers running their job
+    and the jobs already queued to them, writing into run folders that a restarted command then also trained."""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:   # the parent died before prctl: leave now
+            os._exit(1)
 
 
 def pick_device(name: str = "auto") -> torch.device:

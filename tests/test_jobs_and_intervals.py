@@ -1,6 +1,7 @@
 """--jobs (03 and 04: one process per run, the same numbers as --jobs 1) and stage 04's comparisons with ReLU
 (paired bootstrap intervals over seeds and test images, verdicts)."""
 import csv
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,48 @@ def test_jobs_under_torchrun_or_below_one_is_one_line(tmp_path):
                            capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
         assert r.returncode == 2 and r.stderr.startswith("error:") and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import sat_plumbing
+
+def job(i):
+    open(os.path.join({out!r}, str(os.getpid())), "w").close()
+    time.sleep(60)
+    return i
+
+if __name__ == "__main__":
+    for _ in sat_plumbing.in_processes(job, range(4), 2):
+        pass
+"""
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\\tZ" not in next(line for line in f if line.startswith("State:"))   # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_jobs_workers_die_with_their_parent(tmp_path):
+    """A --jobs parent killed with SIGKILL must not leave its workers training on (and taking the queued jobs)."""
+    import signal
+    import time
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "w.py").write_text(WORKER_SCRIPT.format(root=ROOT, out=str(tmp_path / "pids")))
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "w.py")], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while len(os.listdir(tmp_path / "pids")) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int(p) for p in os.listdir(tmp_path / "pids")]
+    assert len(workers) == 2 and all(alive(p) for p in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 20
+    while any(alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in workers), "a worker outlived its killed parent"
