@@ -229,7 +229,26 @@ if relu_row:
 # compared with other configurations; if ReLU is flagged and a smooth activation is not, a comparison by PGD-200
 # is tilted in ReLU's favour. The paper evaluated with PGD-200 only, which is one more reason to compare this
 # repo's worst-case column, not its PGD-200 column, with the paper's direction.
+
+# %% [markdown]
+# ## The studies in `results/` (in git: no training needed)
 #
+# The multi-seed studies take an hour or more of CPU; stage 04 copies their tables and per-run and per-image
+# results into `results/<study>/` (`04_eval.py --results`), which is in git. The cell below prints each study's
+# comparison with ReLU, final and early-stopped checkpoints, as stage 04 wrote it: on a fresh clone this is the
+# multi-seed verdict that the one-seed table above cannot give. (Notebook 6 recomputes these intervals.)
+
+# %%
+import glob
+for comp in sorted(glob.glob(os.path.join(ROOT, "results", "*", "comparisons.csv"))):
+    study = os.path.basename(os.path.dirname(comp))
+    runs_csv = list(csv.DictReader(open(os.path.join(os.path.dirname(comp), "per_run.csv"))))
+    flagged = sum(bool(r["flags"]) for r in runs_csv)
+    print(f"results/{study}: {len(runs_csv)} checkpoints, {flagged} with a masking flag; worst case minus ReLU, points:")
+    for r in csv.DictReader(open(comp)):
+        print(f"  {r['configuration']:<48} {r['seeds']:>7}  {r['worst case Δ (95% CI)']:<20} {r['worst case verdict']}")
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **How much of each number is masking?** For every configuration compute PGD-200 minus worst case, and rank
