@@ -384,7 +384,7 @@ def evaluate_checkpoint(path, args, device, position=0):
     subset = args.subset if cfg["dataset"] == "imagenet" else "all"   # RobustBench's list names ImageNet images
     key = sat_report.cache_key(path, args, cfg, s, subset)
     cache = sat_report.cache_file(path, args)
-    saved = sat_shards.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or same_as_final(path, ckpt, args, s, subset))
+    saved = sat_shards.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or sat_report.result_of_same_final(path, ckpt, args, s, subset))
     if saved is not None:
         return saved, True
     images = sat_report.test_images(cfg, args.data, args.limit, subset)
@@ -405,21 +405,6 @@ def evaluate_checkpoint(path, args, device, position=0):
     sat_shards.write_json(cache, {"key": key, "result": res})
     run.remove_parts()
     return res, False
-
-
-def same_as_final(path, ckpt, args, s, subset):
-    """A best.pt whose epoch is its run's last holds final.pt's weights: final.pt's saved result (same test
-    images and attack settings), relabelled, when this evaluation has it; else None (it is then evaluated)."""
-    final = os.path.join(os.path.dirname(path), "final.pt")
-    if ckpt.get("selected") != "best" or not os.path.isfile(final):
-        return None
-    fin = sat_plumbing.load_checkpoint(final)
-    if fin.get("epoch") != ckpt.get("epoch") or any(not torch.equal(fin["model"][k], ckpt["model"][k]) for k in ckpt["model"]):
-        return None
-    r = sat_report.cached_result(sat_report.cache_file(final, args), sat_report.cache_key(final, args, fin["config"], s, subset))
-    if r is not None:
-        r = {**r, "run": r["run"] + "@best", "path": path, "checkpoint": "best", "recipe": {**r["recipe"], "checkpoint": "best"}}
-    return r
 
 
 def evaluate_job(job):

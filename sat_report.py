@@ -126,6 +126,21 @@ def cached_result(cache, key):
     return saved["result"] if saved and saved.get("key") == key else None
 
 
+def result_of_same_final(path, ckpt, args, s, subset):
+    """A best.pt whose epoch is its run's last holds final.pt's weights: final.pt's saved result (same test
+    images and attack settings), relabelled, when this evaluation has it; else None (it is then evaluated)."""
+    final = os.path.join(os.path.dirname(path), "final.pt")
+    if ckpt.get("selected") != "best" or not os.path.isfile(final):
+        return None
+    fin = sat_plumbing.load_checkpoint(final)
+    if fin.get("epoch") != ckpt.get("epoch") or any(not torch.equal(fin["model"][k], ckpt["model"][k]) for k in ckpt["model"]):
+        return None
+    r = cached_result(cache_file(final, args), cache_key(final, args, fin["config"], s, subset))
+    if r is not None:
+        r = {**r, "run": r["run"] + "@best", "path": path, "checkpoint": "best", "recipe": {**r["recipe"], "checkpoint": "best"}}
+    return r
+
+
 # ---- The printout, the tables --------------------------------------------------------------------------------
 
 ROW_HEADER = (f"{'run':<34} {'eps':>7} {'clean':>6} {'FGSM':>6} {'PGD200':>6} {'PGDsg':>6} {'APGDce':>6} {'APGDdlr':>7} {'APGD-T':>6} {'Square':>6} "
