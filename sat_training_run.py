@@ -343,6 +343,7 @@ def configs_from_args(stage, args) -> list:
         sweep = [(a, m) for a, m in sweep if m == "none"]
     if not sweep:
         raise sat_plumbing.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
+    sweep = sat_plumbing.smoke_settings("train", {"sweep": sweep})["sweep"]   # SAT_SMOKE=1: three show a sweep works
     overrides = {k: v for k, v in given.items() if k not in ("act", "smooth_grad", "dataset", "out", "seed", "model")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     seeds = sat_plumbing.smoke_settings("train", {"seeds": seeds})["seeds"]   # SAT_SMOKE=1: two show a sweep works

@@ -18,7 +18,7 @@ import sat_report
 from conftest import ROOT, stage
 
 ev = stage("04_eval")
-QUICK = ["--limit", "40", "--block", "10", "--apgd-steps", "3", "--square-queries", "10"]
+QUICK = ["--limit", "20", "--block", "5", "--apgd-steps", "3", "--square-queries", "10"]
 
 
 def runs_with(tmp_path, path, names=("digits_relu_s0",), edit=None):
@@ -55,13 +55,13 @@ def test_torchrun_two_processes_and_another_batch_size_give_identical_per_image_
     for k in one:
         assert one[k]["per_image"] == two[k]["per_image"], k   # every attack, every image
         assert one[k] == two[k]
-        assert len(one[k]["per_image"]["pgd200"]) == 40
+        assert len(one[k]["per_image"]["pgd200"]) == 20
     assert (tmp_path / "one" / "per_run.csv").read_text() == (tmp_path / "two" / "per_run.csv").read_text()
 
 
 def test_sigkill_mid_checkpoint_then_rerun_gives_the_uninterrupted_tables(trained_digits, tmp_path):
     runs = runs_with(tmp_path, trained_digits[1])
-    cmd = [sys.executable, f"{ROOT}/04_eval.py", "--runs", str(runs), "--jobs", "1", "--limit", "60", "--block", "5",
+    cmd = [sys.executable, f"{ROOT}/04_eval.py", "--runs", str(runs), "--jobs", "1", "--limit", "36", "--block", "3",
            "--apgd-steps", "3", "--square-queries", "10"]
     run(cmd + ["--out", "whole"], tmp_path)
     p = subprocess.Popen(cmd + ["--out", "killed"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -81,7 +81,9 @@ def test_sigkill_mid_checkpoint_then_rerun_gives_the_uninterrupted_tables(traine
     assert not list(parts.glob("*/block-*.json"))   # the parts go once the checkpoint's result is saved
 
 
-def test_two_recipes_of_one_activation_are_two_rows_named_by_what_differs(trained_digits, tmp_path):
+def test_two_recipes_of_one_activation_are_two_rows_named_by_what_differs(trained_digits, tmp_path, monkeypatch):
+    """The grouping, not the attacks, is tested: smoke-sized attacks (4 images, PGD cut to 1 step)."""
+    monkeypatch.setattr(sat_plumbing, "SMOKE", True)
     def edit(name, cfg):   # the same weights, stored as two recipes (batch 64 and batch 128), two seeds each
         cfg["batch_size"], cfg["seed"] = (128 if "b128" in name else 64), int(name[-1])
     runs = runs_with(tmp_path, trained_digits[1], ("digits_relu_s0", "digits_relu_s1", "digits_relu_b128_s0",

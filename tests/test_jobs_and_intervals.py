@@ -69,7 +69,7 @@ def test_jobs_give_the_same_numbers_as_one_process(tmp_path):
         b = torch.load(tmp_path / "two" / r / "final.pt", weights_only=False)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), r
         assert (tmp_path / "two" / r / "train.log").read_text().strip().endswith("final.pt")
-    ev = [f"{ROOT}/04_eval.py", "--runs", "two", "--limit", "20", "--apgd-steps", "3", "--square-queries", "10"]
+    ev = [f"{ROOT}/04_eval.py", "--runs", "two", "--limit", "10", "--apgd-steps", "3", "--square-queries", "10"]
     run(*ev, "--jobs", "1", "--out", "ev1", cwd=tmp_path)
     run(*ev, "--jobs", "2", "--out", "ev2", cwd=tmp_path)
     assert (tmp_path / "ev1" / "per_run.csv").read_text() == (tmp_path / "ev2" / "per_run.csv").read_text()

@@ -8,12 +8,13 @@ notebooks` makes of the committed sources (cells compared, not outputs), that th
 "## Solutions" section, and that none of them reaches a student edition.
 
 Quick mode (SAT_NOTEBOOK_QUICK=1) shrinks every computation in the notebooks (fewer epochs, images, attack
-steps). Each edition is read from disk and executed in memory by nbclient, from a temporary working directory, and
-never written back; what the notebooks train goes to a temporary SAT_RUNS_DIR shared by all of them (so notebooks
-2-4 reuse the ReLU model notebook 1 trained, and the student editions, run after the full ones, reuse everything),
-never into the repo's runs/. The stage outputs they would reuse are looked for in an empty folder
-(SAT_STAGE_RUNS), so the test runs the "nothing there yet" path whatever runs/ holds. About 2 min on 2 CPU cores
-(measured 108 s: the five full editions 56 s, the five student editions 48 s).
+steps). Here the student editions run, each from where it is stored (as a student opens it), read from disk,
+executed in memory by nbclient and never written back; what they train goes to a temporary SAT_RUNS_DIR shared by
+all of them (so notebooks 2-4 reuse the ReLU model notebook 1 trained), never into the repo's runs/. The stage
+outputs they would reuse are looked for in an empty folder (SAT_STAGE_RUNS), so this runs the "nothing there
+yet" path whatever runs/ holds. The full editions, which add the solution cells, run in quick mode in
+tests/test_readme_commands.py, where the README's `make notebooks` executes them after `make run` (the path with
+stage outputs): every cell runs in one of the two.
 """
 import glob
 import json
@@ -149,7 +150,7 @@ def test_kernel_is_this_interpreter(quick_env, tmp_path, monkeypatch):
     assert nb.cells[0].outputs[0].text.strip() == sys.executable
 
 
-EDITIONS = [full_path(n) for n in NAMES] + [student_path(n) for n in NAMES]   # full ones first: they train
+EDITIONS = [student_path(n) for n in NAMES]   # the full editions run in the README command test (`make notebooks`)
 
 
 @pytest.mark.parametrize("path", EDITIONS, ids=lambda p: os.path.relpath(p, NOTEBOOK_DIR))
