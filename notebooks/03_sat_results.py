@@ -253,12 +253,59 @@ for comp in sorted(glob.glob(os.path.join(ROOT, "results", "*", "comparisons.csv
 #
 # 1. **How much of each number is masking?** For every configuration compute PGD-200 minus worst case, and rank
 #    the configurations by it. Does the ranking by worst case differ from the ranking by PGD-200?
-# 2. **Separating the two halves of Table 1.** `relu, sg-both` gives the smooth backward to the attacker and to the
-#    optimizer. Write the two `preset_config` calls of stage 03 that separate them, and say which of the paper's
-#    Table 1 rows each reproduces. (If stage 04's results include them, print their numbers.)
+# 2. **Write the attacker/optimizer switch** (Table 1). Fill in `my_training_step`: one PGD-1 adversarial
+#    training step of a ReLU model whose ReLUs are stage 01's `SmoothGradReLU` (their `.smooth` attribute turns the
+#    smooth backward on and off), where `smooth_grad` says who gets the smooth backward: nobody (`"none"`), the
+#    attacker making x_adv, the optimizer computing the weight gradient, or both. Call stage 02's `attack.pgd` for
+#    the inner max and take one SGD step on the cross-entropy of x_adv for the outer min. The check cell runs your
+#    step and stage 03's `adversarial_training_step` from the same weights and the same random start, for each of
+#    the four settings, and prints how far apart the weights end up (0 when they agree), beside how far apart a
+#    step that ignores `smooth_grad` would be.
 # 3. **Is the worst case converged?** Attack the ReLU model again with a stronger Square attack (three times this
 #    notebook's budget: 1,500 queries against its 500) on the first 100 test images and compare the two numbers on
 #    the same images. What would it mean if the stronger attack found many more adversarial examples?
+
+# %%
+import copy
+import torch.nn.functional as F
+acts = nb.stage("01_activations")
+train_mod = nb.stage("03_adv_train")
+
+def my_training_step(model, x, y, optimizer, eps, step, smooth_grad):
+    switchable = [m for m in model.modules() if isinstance(m, acts.SmoothGradReLU)]
+    # your code: 1. the inner max, x_adv = attack.pgd(model, x, y, eps, step, 1), with m.smooth on for every
+    #               m in switchable iff smooth_grad is "attacker" or "both"
+    #            2. the outer min, in train mode: the cross-entropy of model(x_adv), backward, optimizer.step(),
+    #               with m.smooth on iff smooth_grad is "optimizer" or "both"
+    return None
+
+
+def check_training_step(step_fn):
+    """step_fn against stage 03's adversarial_training_step, from the same weights and the same random start."""
+    base, _, _ = nb.adv_model("relu")
+    acts.swap_activations(base, "relu", smooth_grad=True)   # ReLU forward; the backward is switchable
+    xb, yb = nb.test_set(64)
+    after = {}
+    for who, fn in [("yours", step_fn), ("stage 03", None)]:
+        for mode in train_mod.SMOOTH_GRAD_MODES:
+            model = copy.deepcopy(base)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            torch.manual_seed(0)   # the same random start for both
+            if fn is None:
+                train_mod.adversarial_training_step(model, xb, yb, opt, EPS, EPS, 1, smooth_grad=mode)
+            elif fn(model, xb, yb, opt, EPS, EPS, mode) is None and mode == "none" and \
+                    all(torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters())):
+                print("my_training_step changed no weight: write it in the cell above, then run this cell again")
+                return
+            after[who, mode] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    for mode in train_mod.SMOOTH_GRAD_MODES:
+        mine = (after["yours", mode] - after["stage 03", mode]).abs().max().item()
+        ignoring = (after["stage 03", "none"] - after["stage 03", mode]).abs().max().item()
+        print(f"smooth_grad={mode:<9} largest weight difference from stage 03: {mine:.1e}   "
+              f"(a step that ignored smooth_grad: {ignoring:.1e})")
+
+
+check_training_step(my_training_step)
 
 # %% [markdown] tags=["solution"]
 # ## Solutions
@@ -274,16 +321,32 @@ print("ranking by PGD-200:   ", " > ".join(rank_pgd))
 print("ranking by worst case:", " > ".join(rank_worst))
 print("same ranking" if rank_pgd == rank_worst else "the rankings differ")
 
+# %% [markdown] tags=["solution"]
+# **2.** The switch is two settings of the same flag: on for the attacker's backward (PGD's gradient with respect
+# to the input) iff `smooth_grad` is "attacker" or "both", on for the optimizer's backward (the weight gradient)
+# iff it is "optimizer" or "both". Each setting must be restored before the other phase: here each phase sets it
+# itself. PGD-1's x_adv decides everything the optimizer sees, so a slip in the attacker half shows as large a
+# weight difference as one in the optimizer half.
+
 # %% tags=["solution"]
-# 2. the attacker and optimizer rows of Table 1 (printed, not trained here)
-train_mod = nb.stage("03_adv_train")
-for mode, row in [("attacker", "yes / no  (68.3 / 34.5)"), ("optimizer", "no / yes  (69.4 / 35.8)")]:
-    cfg = train_mod.preset_config("digits", act="relu", smooth_grad=mode)
-    print(f"preset_config('digits', act='relu', smooth_grad='{mode}')  ->  Table 1 row 'attacker / optimizer' = {row}; "
-          f"run folder {train_mod.run_name(cfg)}")
-    r = by_config.get(("relu", mode))
-    if r:
-        print(f"    this repo: clean {ev.fmt(*r['clean'])}%, PGD-200 {ev.fmt(*r['pgd200'])}%, worst {ev.fmt(*r['worst'])}%")
+def my_training_step(model, x, y, optimizer, eps, step, smooth_grad):
+    switchable = [m for m in model.modules() if isinstance(m, acts.SmoothGradReLU)]
+    for m in switchable:                                   # the inner max: the attacker's backward
+        m.smooth = smooth_grad in ("attacker", "both")
+    x_adv = attack.pgd(model, x, y, eps, step, 1)          # eval mode inside, restored on exit
+    for m in switchable:                                   # the outer min: the optimizer's backward
+        m.smooth = smooth_grad in ("optimizer", "both")
+    model.train()
+    loss = F.cross_entropy(model(x_adv), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    for m in switchable:
+        m.smooth = False
+    return loss.detach()
+
+
+check_training_step(my_training_step)
 
 # %% tags=["solution"]
 # 3. Square with 3x the queries on 100 images of the ReLU model
