@@ -1,18 +1,30 @@
 #!/bin/bash
-# The CUDA paths on a real GPU, in about 5 minutes: run from the repo root on a machine with an NVIDIA GPU,
+# The GPU numbers and the CUDA paths on a real GPU: run from the repo root on a machine with an NVIDIA GPU,
 #     bash benchmarks/gpu_check.sh            (logs and CSVs go to $OUT, default runs/gpu_check)
-# 1. benchmarks/bench_activations.py --skip-cpu: each activation's training step / ReLU's, ResNet-50 bf16
-# 2. stage 03 on the digits with --device cuda in every precision, channels_last and torch.compile (SAT_SMOKE=1:
+#     bash benchmarks/gpu_check.sh bench      (steps 0 and 1 only: the figures, ~5 min on an H200)
+# 0. two digits runs on CUDA (ReLU, SiLU; 30 epochs), the trained checkpoints of bench_gpu's parts 3 and 4
+# 1. benchmarks/bench_gpu.py: ResNet-50 training speed, memory, batch sizes, evaluation cost, attack precision,
+#    the input pipeline, the sync check and profile ($OUT/gpu_numbers.csv, $OUT/bench_gpu.log)
+# 2. benchmarks/bench_activations.py --skip-cpu: each activation's training step / ReLU's, ResNet-50 bf16
+# 3. stage 03 on the digits with --device cuda in every precision, channels_last and torch.compile (SAT_SMOKE=1:
 #    a few steps each), then stage 04 on CUDA
-# 3. torchrun with one process (NCCL), ResNet-50 at 64 px on a generated ImageFolder, stopped after epoch 1,
+# 4. torchrun with one process (NCCL), ResNet-50 at 64 px on a generated ImageFolder, stopped after epoch 1,
 #    then --resume
-# 4. a full default digits run of ReLU (all four smooth-grad modes) and Parametric Softplus on CUDA, evaluated
+# 5. a full default digits run of ReLU (all four smooth-grad modes) and Parametric Softplus on CUDA, evaluated
 #    on CUDA
-# Each step prints rc=0 when it succeeded. Ran as is on an NVIDIA H200 with torch 2.11 (2026-11-26): all rc=0.
+# Each step prints rc=0 when it succeeded. Steps 2-5 ran as is on an NVIDIA H200 with torch 2.11 (2026-11-26):
+# all rc=0. Steps 0-1 were written after that and ran on the CPU only (bench_gpu.py --quick).
 OUT=${OUT:-runs/gpu_check}; TMP=$(mktemp -d); mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 step() { echo; echo "=== $1 ($(date +%T))"; }
+step "digits runs on cuda for bench_gpu (relu, silu)"
+timeout 150 python3 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out "$TMP/gpu_digits" 2>&1 | tail -3
+echo "rc=${PIPESTATUS[0]}"
+step "bench_gpu"
+timeout 480 python3 benchmarks/bench_gpu.py --digits-runs "$TMP/gpu_digits" --csv "$OUT/gpu_numbers.csv" 2>&1 | tee "$OUT/bench_gpu.log"
+echo "rc=${PIPESTATUS[0]}"
+[ "$1" = bench ] && { step done; exit 0; }
 step "bench_activations --skip-cpu"
 timeout 200 python3 benchmarks/bench_activations.py --skip-cpu --out "$OUT/activation_cost_gpu.csv" 2>&1 | tee "$OUT/bench.log"
 step "digits smoke: 03 on cuda, each amp mode, channels_last, compile"

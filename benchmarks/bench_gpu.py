@@ -1,0 +1,380 @@
+"""The GPU numbers: how fast smooth adversarial training of ResNet-50 runs on one GPU, what a batch costs in
+memory, what feeds the GPU, what the evaluation costs, and whether a low-precision attack is weaker.
+
+Six parts, each printed as it finishes and written as rows (part, setting, value, unit) to --csv:
+  1. train    ResNet-50, 224 px, synthetic data already on the GPU: images/s of a standard training step and
+              of a PGD-1 adversarial step (stage 03's adversarial_training_step, steps 0 and 1) in fp32 (TF32
+              for convolutions as PyTorch defaults: cuDNN on, matmul off), bf16, bf16 + channels_last and
+              bf16 + channels_last + torch.compile; the adversarial/standard ratio; peak memory. Then ReLU,
+              SiLU and GELU in the fastest setting, as a ratio to ReLU.
+  2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest setting: images/s, memory.
+  3. eval     ResNet-50 attack passes (an input-only forward-backward, a forward) per image in float32 with
+              TF32 off (how stage 04 attacks), and from them the time of stage 04's whole attack set (at most
+              1,662 forward-backward and 1,011 forward passes per image, docs/SCALING.md) for 5,000 and 50,000
+              images on 1 and 8 GPUs; and on trained digits checkpoints (--digits-runs): images/s of PGD-200 with
+              early stopping, APGD-CE and Square.
+  4. precision PGD-200 robust accuracy of the same digits checkpoints with the attack under bf16 autocast
+              against float32 with TF32 off (the same random starts).
+  5. loader   decode + RandomResizedCrop + flip of generated 500x375 JPEGs (stage 03's ImageNet pipeline) with
+              4, 8 and 16 loader workers, and torchvision's GPU JPEG decoding; how many cores keep one GPU busy.
+  6. profile  a sync check (torch.cuda.set_sync_debug_mode("error") around adversarial steps: any host-device
+              sync inside a step raises) and torch.profiler's top kernels of one adversarial step (a Chrome
+              trace is written beside the CSV).
+
+Run it on a machine with an NVIDIA GPU (~5 min on an H200, `bash benchmarks/gpu_check.sh bench` does both):
+    python 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out runs/gpu_digits
+    python benchmarks/bench_gpu.py --digits-runs runs/gpu_digits --csv docs/gpu_numbers.csv
+On the CPU it runs every part at toy sizes (ResNet-50 at 32 px, batch 4, one step each, no compile) to check
+the script itself: `python benchmarks/bench_gpu.py --quick`. Its figures then say nothing about a GPU.
+"""
+import argparse
+import contextlib
+import csv
+import dataclasses
+import importlib
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import sat_data  # noqa: E402
+import sat_models  # noqa: E402
+import sat_plumbing  # noqa: E402
+
+attack = importlib.import_module("02_pgd")
+train_mod = importlib.import_module("03_adv_train")
+ev = importlib.import_module("04_eval")
+
+PASSES_PER_IMAGE = (1662, 1011)   # stage 04's default attack set, at most: forward-backward, forward (docs/SCALING.md)
+ROWS = []
+
+
+def record(part, setting, value, unit):
+    ROWS.append((part, setting, value, unit))
+    print(f"  {part:<9} {setting:<46} {value:>12.4g} {unit}" if isinstance(value, float) else
+          f"  {part:<9} {setting:<46} {value!s:>12} {unit}", flush=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, iters, warmup):
+    """Seconds per call of fn, after `warmup` calls, with the GPU's queue drained before and after."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / iters
+
+
+def peak_memory(device, fn):
+    """Peak GPU memory (GiB) of fn; nan on the CPU."""
+    if device.type != "cuda":
+        fn()
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+@contextlib.contextmanager
+def full_precision():
+    """Stage 04's attack precision (float32, TF32 off) inside the block; PyTorch's defaults restored after it."""
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    ev.attacks_at_full_precision()
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])
+
+
+def resnet50(act, device, channels_last, compiled, size):
+    """Stage 03's ImageNet model (ResNet-50 with `act`, for `size` px) and its optimizer; the model the step runs
+    (compiled or not)."""
+    cfg = train_mod.preset_config("imagenet", act=act, image_size=size)
+    model = sat_models.build_model({**dataclasses.asdict(cfg), "num_classes": 1000}).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = train_mod.make_optimizer(model, cfg)
+    return cfg, (torch.compile(model) if compiled else model), opt
+
+
+def train_step_fn(act, setting, batch, size, device):
+    """A zero-argument training step (standard: steps=0, adversarial: PGD-1) in one of the settings of part 1."""
+    bf16, cl, comp = "bf16" in setting, "channels_last" in setting, "compile" in setting
+    cfg, model, opt = resnet50(act, device, cl, comp, size)
+    x = torch.rand(batch, 3, size, size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    y = torch.randint(0, 1000, (batch,), device=device)
+    eps = attack.px(cfg.eps)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def step(steps):
+        return lambda: train_mod.adversarial_training_step(model, x, y, opt, eps, eps, steps, cfg.rand_start_prob,
+                                                           autocast=autocast)
+    return step
+
+
+def part_train(device, size, batch, settings, acts, iters, warmup):
+    print(f"\n1. training step, ResNet-50, {size} px, batch {batch}, synthetic data on {device}")
+    best = None
+    for setting in settings:
+        step = train_step_fn("relu", setting, batch, size, device)
+        res = {}
+        for kind, steps in (("standard", 0), ("PGD-1 adversarial", 1)):
+            mem = peak_memory(device, step(steps))
+            sec = timed(step(steps), device, iters, warmup)
+            res[kind] = batch / sec
+            record("train", f"{setting}: {kind} images/s", batch / sec, "img/s")
+            record("train", f"{setting}: {kind} peak memory", mem, "GiB")
+        ratio = res["standard"] / res["PGD-1 adversarial"]
+        record("train", f"{setting}: adversarial/standard time", ratio, "x")
+        if best is None or res["PGD-1 adversarial"] > best[1]:
+            best = (setting, res["PGD-1 adversarial"])
+        del step
+    setting = best[0]
+    record("train", "fastest setting", setting, "")
+    base = None
+    for act in acts:
+        sec = timed(train_step_fn(act, setting, batch, size, device)(1), device, iters, warmup)
+        base = base or sec
+        record("train", f"{setting}: PGD-1 step, {act}, time / ReLU's", sec / base, "x")
+        record("train", f"{setting}: PGD-1 step, {act}, images/s", batch / sec, "img/s")
+    return setting, best[1]
+
+
+def part_batch(device, size, batches, setting, iters, warmup):
+    print(f"\n2. PGD-1 step against the batch size ({setting})")
+    for b in batches:
+        try:
+            step = train_step_fn("relu", setting, b, size, device)(1)
+            mem = peak_memory(device, step)
+            sec = timed(step, device, iters, warmup)
+        except torch.OutOfMemoryError:
+            record("batch", f"batch {b}", "out of memory", "")
+            torch.cuda.empty_cache()
+            continue
+        record("batch", f"batch {b}: images/s", b / sec, "img/s")
+        record("batch", f"batch {b}: peak memory", mem, "GiB")
+
+
+def part_eval_resnet(device, size, batch, iters, warmup):
+    print(f"\n3a. attack passes of ResNet-50 ({size} px, batch {batch}, float32, TF32 off)")
+    cfg, model, _ = resnet50("relu", device, False, False, size)
+    model.eval()
+    x = torch.rand(batch, 3, size, size, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    eps = attack.px(cfg.eps)
+    with full_precision():
+        fb = timed(lambda: attack.pgd(model, x, y, eps, eps, 1, 0.0), device, iters, warmup) / batch
+        with torch.no_grad():
+            fw = timed(lambda: model(x), device, iters, warmup) / batch
+    record("eval", "ResNet-50 forward-backward (input only) per image", 1e3 * fb, "ms")
+    record("eval", "ResNet-50 forward per image", 1e3 * fw, "ms")
+    per_image = PASSES_PER_IMAGE[0] * fb + PASSES_PER_IMAGE[1] * fw
+    record("eval", "whole attack set per image, at most", per_image, "s")
+    for n in (5000, 50000):
+        for gpus in (1, 8):
+            record("eval", f"whole attack set, {n} images, {gpus} GPU(s), at most", per_image * n / gpus / 3600, "h")
+
+
+def digits_checkpoints(runs, quick, device):
+    """(name, model) of every final.pt under `runs`; with none given and --quick, one trained here in seconds."""
+    if runs:
+        paths = sorted(os.path.join(d, "final.pt") for d, _, files in os.walk(runs) if "final.pt" in files)
+        if not paths:
+            raise sat_plumbing.UserError(f"--digits-runs {runs}: no final.pt under it")
+    elif quick:
+        out = tempfile.mkdtemp()
+        cfg = train_mod.preset_config("digits", act="relu", epochs=2, milestones=[], out=os.path.join(out, "digits_relu"))
+        paths = [train_mod.train(cfg, quiet=True)]
+    else:
+        return []
+    out = []
+    for p in paths:
+        model, ckpt = sat_models.model_from_checkpoint(p)
+        if ckpt["config"]["dataset"] != "digits":
+            raise sat_plumbing.UserError(f"--digits-runs: {p} is a {ckpt['config']['dataset']} checkpoint, not digits")
+        out.append((os.path.basename(os.path.dirname(p)), model.to(device).eval()))
+    return out
+
+
+def part_eval_digits(device, checkpoints, n_images, apgd_steps, square_queries):
+    import torchattacks
+    if not checkpoints:
+        print("\n3b/4. no --digits-runs given: the digits attacks and the precision check are skipped")
+        return
+    x, y = sat_data.digits_tensors("test")
+    x, y = x[:n_images], y[:n_images]
+    x, y = x.to(device), y.to(device)
+    eps = attack.px(attack.EPS_PX["digits"])
+    step = attack.default_step(eps, 200)
+    print(f"\n3b/4. digits checkpoints on {device}: {len(y)} test images, eps 64/255")
+    for name, model in checkpoints:
+        g = torch.Generator().manual_seed(0)
+        delta0 = ((torch.rand(x.shape, generator=g) * 2 - 1) * eps).to(device)
+        runs = {}
+        for label, ctx in (("float32, TF32 off", full_precision),
+                           ("bf16 autocast", lambda: torch.autocast(device.type, dtype=torch.bfloat16))):
+            with ctx():
+                sync(device)
+                t = time.perf_counter()
+                broken = attack.pgd_eval(model, x, y, eps, step, 200, delta0=delta0)
+                sync(device)
+                runs[label] = ((broken == -1).float().mean().item(), time.perf_counter() - t)
+            record("eval", f"{name}: PGD-200 (early stop), {label}", len(y) / runs[label][1], "img/s")
+            record("precision", f"{name}: PGD-200 robust accuracy, {label}", 100 * runs[label][0], "%")
+        diff = 100 * (runs["bf16 autocast"][0] - runs["float32, TF32 off"][0])
+        record("precision", f"{name}: bf16 minus float32 (positive: bf16 attack weaker)", diff, "points")
+        with full_precision():
+            for label, atk in (("APGD-CE", torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, loss="ce", seed=0)),
+                               ("Square", torchattacks.Square(model, norm="Linf", eps=eps, n_queries=square_queries, seed=0))):
+                sync(device)
+                t = time.perf_counter()
+                atk(x, y)
+                sync(device)
+                record("eval", f"{name}: {label} ({apgd_steps if label == 'APGD-CE' else square_queries})",
+                       len(y) / (time.perf_counter() - t), "img/s")
+
+
+def write_jpegs(folder, n, rng):
+    from PIL import Image
+    for i in range(n):
+        d = os.path.join(folder, "train", f"class{i % 4}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(rng.randint(0, 256, (375, 500, 3), dtype=np.uint8)).save(os.path.join(d, f"{i}.JPEG"), quality=90)
+
+
+def part_loader(device, n_images, workers_list, batch, size, train_images_per_s):
+    print(f"\n5. input pipeline: {n_images} generated 500x375 JPEGs, decode + RandomResizedCrop({size}) + flip")
+    folder = tempfile.mkdtemp()
+    write_jpegs(folder, n_images, np.random.RandomState(0))
+    ds = sat_data.get_dataset("imagenet", "train", folder, size)
+    per_worker = []
+    for w in workers_list:
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=w, drop_last=False,
+                                             persistent_workers=False, prefetch_factor=4 if w else None)
+        next(iter(loader))   # workers started, first batch decoded
+        t = time.perf_counter()
+        seen = sum(len(yb) for _, yb in loader)
+        rate = seen / (time.perf_counter() - t)
+        per_worker.append(rate / max(w, 1))
+        record("loader", f"CPU decode, {w} workers: images/s", rate, "img/s")
+    if device.type == "cuda":
+        from torchvision.io import decode_jpeg, read_file
+        from torchvision.transforms import v2
+        files = [p for p, _ in ds.samples]
+        crop = torch.nn.Sequential(v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip())
+        datas = [read_file(p) for p in files]
+
+        def gpu_batch():
+            imgs = decode_jpeg(datas[:batch], device=device)
+            return torch.stack([crop(im) for im in imgs]).float().div_(255)   # as ToTensor: float in [0, 1]
+        sec = timed(gpu_batch, device, 3, 1)
+        record("loader", "GPU decode (nvjpeg) + crop on the GPU: images/s", min(batch, len(datas)) / sec, "img/s")
+    if train_images_per_s:
+        cores = train_images_per_s / float(np.median(per_worker))
+        record("loader", f"CPU cores (loader workers) to feed {train_images_per_s:.0f} img/s", cores, "cores")
+
+
+def part_profile(device, setting, batch, size, out_dir):
+    print(f"\n6. hot path ({setting}, batch {batch})")
+    step = train_step_fn("relu", setting.replace(" + compile", ""), batch, size, device)(1)
+    step()
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                step()
+            sync(device)
+            record("profile", "host-device syncs inside an adversarial step", 0, "(set_sync_debug_mode: error)")
+        except RuntimeError as e:
+            record("profile", "host-device sync inside an adversarial step", str(e).splitlines()[0][:80], "")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60))
+    trace = os.path.join(out_dir, "bench_gpu_trace.json")
+    prof.export_chrome_trace(trace)
+    record("profile", "Chrome trace of one adversarial step", os.path.relpath(trace, ROOT), "")
+
+
+def main(argv=None):
+    sat_plumbing.run_cli(bench, argv)
+
+
+def bench(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--csv", default=None, help="the figures as CSV (default: docs/gpu_numbers.csv on a GPU, "
+                   "runs/benchmarks/gpu_numbers_cpu.csv on the CPU)")
+    p.add_argument("--digits-runs", default=None, help="folder of trained digits runs for parts 3b and 4")
+    p.add_argument("--batch", type=int, default=256, help="per-GPU batch of parts 1 and 6")
+    p.add_argument("--quick", action="store_true", help="toy sizes (the CPU check of this script)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile setting")
+    p.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quick = args.quick or sat_plumbing.SMOKE or device.type == "cpu"
+    parts = {int(s) for s in args.parts.split(",") if s.strip()}
+    if not parts <= set(range(1, 7)):
+        raise sat_plumbing.UserError(f"--parts {args.parts}: accepted 1 to 6, comma-separated")
+    csv_path = args.csv or (os.path.join(ROOT, "docs", "gpu_numbers.csv") if device.type == "cuda" else
+                            os.path.join(sat_plumbing.RUNS_DIR, "benchmarks", "gpu_numbers_cpu.csv"))
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    if quick:
+        size, batch, batches, iters, warmup = 32, 4, [4], 1, 1
+        settings = ["fp32", "bf16 + channels_last"]
+        acts, n_digits, apgd, square, jpegs, workers = ["relu", "silu"], 20, 2, 5, 8, [0, 2]
+    else:
+        size, batch, batches, iters, warmup = 224, args.batch, [64, 128, 256, 512], 10, 3
+        settings = ["fp32", "bf16", "bf16 + channels_last"] + ([] if args.no_compile else ["bf16 + channels_last + compile"])
+        acts, n_digits, apgd, square, jpegs, workers = ["relu", "silu", "gelu"], 500, 100, 1000, 1024, [4, 8, 16]
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        record("setup", "GPU", torch.cuda.get_device_name(device), "")
+        record("setup", "cuDNN TF32 / matmul TF32 (PyTorch defaults)",
+               f"{torch.backends.cudnn.allow_tf32}/{torch.backends.cuda.matmul.allow_tf32}", "")
+        torch.backends.cudnn.benchmark = True
+    record("setup", "torch / torchvision", f"{torch.__version__} / {importlib.import_module('torchvision').__version__}", "")
+    record("setup", "CPU cores", os.cpu_count(), "")
+    fastest, train_rate = (settings[-1], None)
+    if 1 in parts:
+        fastest, train_rate = part_train(device, size, batch, settings, acts, iters, warmup)
+    if 2 in parts:
+        part_batch(device, size, batches, fastest, iters, warmup)
+    if 3 in parts:
+        part_eval_resnet(device, size, batch, iters, warmup)
+    if parts & {3, 4}:
+        part_eval_digits(device, digits_checkpoints(args.digits_runs, quick, device), n_digits, apgd, square)
+    if 5 in parts:
+        part_loader(device, jpegs, workers, batch, size, train_rate)
+    if 6 in parts:
+        part_profile(device, fastest, batch, size, os.path.dirname(os.path.abspath(csv_path)))
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["part", "setting", "value", "unit"])
+        w.writerows(ROWS)
+    print(f"\n{len(ROWS)} figures -> {os.path.relpath(csv_path)}")
+
+
+if __name__ == "__main__":
+    main()
