@@ -1,6 +1,6 @@
 """Stage 03: (smooth) adversarial training, from 8x8 digits on a laptop CPU to ResNet-50 on ImageNet on GPUs.
 Measured (digits, eps 64/255, 15 seeds: `python 03_adv_train.py --seeds 15`, then `python 04_eval.py`): worst-case
-robust accuracy ReLU 37.4 ± 3.1%, ReLU with the smooth backward for the attacker 42.6 ± 2.6% (README).
+robust accuracy ReLU 35.2 ± 3.3%, ReLU with the smooth backward for the attacker 40.2 ± 3.0% (RESULTS.md).
 
 Paper: arXiv:2006.14536, Section 2 (adversarial training, Eq. 1), Section 3 (Table 1: ReLU forward with a
 smooth backward for the attacker and/or the optimizer), Section 4 (Figure 3: smooth activations). The

@@ -1,7 +1,6 @@
 """Stage 04: clean and robust accuracy of every checkpoint, checked for gradient masking; the paper's tables.
-Measured (README, digits, 15 seeds, `python 03_adv_train.py --seeds 15` then this): worst case 37.4% for ReLU,
-+5.3 points [+3.0, +7.6] with a smooth gradient for the attacker (Table 1), -4.2 [-6.5, -1.8] for SiLU (Figure 3).
-(Those tables predate the adaptive attacker below; they need re-evaluation with the present attack set.)
+Measured (RESULTS.md, digits, 15 seeds, `python 03_adv_train.py --seeds 15` then this): worst case 35.2% for ReLU,
++5.0 points [+2.6, +7.5] with a smooth gradient for the attacker (Table 1), -4.6 [-7.0, -2.2] for SiLU (Figure 3).
 
 Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1 and
 Figure 3. Evaluation hygiene after Carlini et al. 2019 (docs/PAPER.md): an independent strong attack
