@@ -47,7 +47,7 @@ def cached_results(out):
 def test_torchrun_two_processes_and_another_batch_size_give_identical_per_image_results(trained_digits, tmp_path):
     runs = runs_with(tmp_path, trained_digits[1], ("digits_relu_s0", "digits_relu_s1"))
     ev_py = [f"{ROOT}/04_eval.py", "--runs", str(runs)] + QUICK
-    run([sys.executable, *ev_py, "--out", "one", "--jobs", "1"], tmp_path)
+    ev.main(ev_py[1:] + ["--out", str(tmp_path / "one"), "--jobs", "1"])   # one process: this one
     run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
          *ev_py, "--out", "two", "--batch-size", "7"], tmp_path)
     one, two = cached_results(tmp_path / "one"), cached_results(tmp_path / "two")
@@ -63,7 +63,7 @@ def test_sigkill_mid_checkpoint_then_rerun_gives_the_uninterrupted_tables(traine
     runs = runs_with(tmp_path, trained_digits[1])
     cmd = [sys.executable, f"{ROOT}/04_eval.py", "--runs", str(runs), "--jobs", "1", "--limit", "36", "--block", "3",
            "--apgd-steps", "3", "--square-queries", "10"]
-    run(cmd + ["--out", "whole"], tmp_path)
+    ev.main(cmd[2:] + ["--out", str(tmp_path / "whole")])   # uninterrupted, in this process
     p = subprocess.Popen(cmd + ["--out", "killed"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     parts = tmp_path / "killed" / "cache"
