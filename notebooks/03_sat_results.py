@@ -16,8 +16,8 @@
 # # 3. Smooth adversarial training: the paper's results and this repo's
 #
 # **Learning objectives.** After this notebook you can (1) read the paper's Table 1 and Figure 3, (2) put this
-# repo's numbers beside them with a noise-aware comparison, and (3) tell a robust model from a masked one in a
-# results table. **Prerequisites.** Notebooks 1 and 2. **Time.** About 40 minutes with the exercises; the cells
+# repo's numbers beside them with a noise-aware comparison, (3) tell a robust model from a masked one in a
+# results table, and (4) write Table 1's attacker/optimizer switch of the training step yourself. **Prerequisites.** Notebooks 1 and 2. **Time.** About 40 minutes with the exercises; the cells
 # run in about a minute on 2 CPU cores (less when stage 04's outputs exist).
 #
 # Smooth adversarial training (SAT) is Eq. 1 unchanged,
