@@ -254,8 +254,8 @@ for comp in sorted(glob.glob(os.path.join(ROOT, "results", "*", "comparisons.csv
 # 1. **How much of each number is masking?** For every configuration compute PGD-200 minus worst case, and rank
 #    the configurations by it. Does the ranking by worst case differ from the ranking by PGD-200?
 # 2. **Write the attacker/optimizer switch** (Table 1). Fill in `my_training_step`: one PGD-1 adversarial
-#    training step of a ReLU model whose ReLUs are stage 01's `SmoothGradReLU` (their `.smooth` attribute turns the
-#    smooth backward on and off), where `smooth_grad` says who gets the smooth backward: nobody (`"none"`), the
+#    training step of a ReLU model whose ReLUs are stage 01's `SmoothGradReLU` (inside
+#    `with acts.smooth_backward(model, on):` they use the smooth backward iff `on`), where `smooth_grad` says who gets the smooth backward: nobody (`"none"`), the
 #    attacker making x_adv, the optimizer computing the weight gradient, or both. Call stage 02's `attack.pgd` for
 #    the inner max and take one SGD step on the cross-entropy of x_adv for the outer min. The check cell runs your
 #    step and stage 03's `adversarial_training_step` from the same weights and the same random start, for each of
@@ -272,11 +272,11 @@ acts = nb.stage("01_activations")
 train_mod = nb.stage("03_adv_train")
 
 def my_training_step(model, x, y, optimizer, eps, step, smooth_grad):
-    switchable = [m for m in model.modules() if isinstance(m, acts.SmoothGradReLU)]
-    # your code: 1. the inner max, x_adv = attack.pgd(model, x, y, eps, step, 1), with m.smooth on for every
-    #               m in switchable iff smooth_grad is "attacker" or "both"
+    # your code: 1. the inner max, x_adv = attack.pgd(model, x, y, eps, step, 1), with the smooth backward on
+    #               iff smooth_grad is "attacker" or "both"
     #            2. the outer min, in train mode: the cross-entropy of model(x_adv), backward, optimizer.step(),
-    #               with m.smooth on iff smooth_grad is "optimizer" or "both"
+    #               with the smooth backward on iff smooth_grad is "optimizer" or "both"
+    #            and return the loss
     return None
 
 
@@ -324,25 +324,20 @@ print("same ranking" if rank_pgd == rank_worst else "the rankings differ")
 # %% [markdown] tags=["solution"]
 # **2.** The switch is two settings of the same flag: on for the attacker's backward (PGD's gradient with respect
 # to the input) iff `smooth_grad` is "attacker" or "both", on for the optimizer's backward (the weight gradient)
-# iff it is "optimizer" or "both". Each setting must be restored before the other phase: here each phase sets it
-# itself. PGD-1's x_adv decides everything the optimizer sees, so a slip in the attacker half shows as large a
+# iff it is "optimizer" or "both". Stage 01's `smooth_backward` sets it for one block and restores it after, so
+# each phase has its own setting. PGD-1's x_adv decides everything the optimizer sees, so a slip in the attacker half shows as large a
 # weight difference as one in the optimizer half.
 
 # %% tags=["solution"]
 def my_training_step(model, x, y, optimizer, eps, step, smooth_grad):
-    switchable = [m for m in model.modules() if isinstance(m, acts.SmoothGradReLU)]
-    for m in switchable:                                   # the inner max: the attacker's backward
-        m.smooth = smooth_grad in ("attacker", "both")
-    x_adv = attack.pgd(model, x, y, eps, step, 1)          # eval mode inside, restored on exit
-    for m in switchable:                                   # the outer min: the optimizer's backward
-        m.smooth = smooth_grad in ("optimizer", "both")
-    model.train()
-    loss = F.cross_entropy(model(x_adv), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    for m in switchable:
-        m.smooth = False
+    with acts.smooth_backward(model, smooth_grad in ("attacker", "both")):    # the inner max: the attacker's backward
+        x_adv = attack.pgd(model, x, y, eps, step, 1)                         # eval mode inside, restored on exit
+    with acts.smooth_backward(model, smooth_grad in ("optimizer", "both")):   # the outer min: the optimizer's backward
+        model.train()
+        loss = F.cross_entropy(model(x_adv), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return loss.detach()
 
 
