@@ -30,7 +30,7 @@ SMOKE = os.environ.get("SAT_SMOKE", "") not in ("", "0")
 def smoke_settings(stage: str, settings: dict) -> dict:
     """`settings` (a stage's parsed settings, by name) as they are, or under SAT_SMOKE=1 shrunk to seconds of work:
       train      1 epoch of 2 steps of at most 4 images per process, 16-pixel ImageNet crops, a 2-image check, at
-                 most 2 validation images, the first 2 seeds and the first 2 models of a sweep, and of its
+                 most 2 validation images, the first 2 seeds and the first model of a sweep, and of its
                  (activation, smooth backward) pairs the first 2 with smooth backward none and the first other one
                  (plain ReLU, Softplus and ReLU with the smooth backward for the attacker, of the whole sweep),
                  trained in this process (--jobs 1)
@@ -47,7 +47,7 @@ def smoke_settings(stage: str, settings: dict) -> dict:
         "train": {"epochs": lambda v: 1, "steps_per_epoch": lambda v: 2, "batch_size": lambda v: min(v, 4 * world),
                   "image_size": lambda v: min(v, 16), "check_size": lambda v: min(v, 2), "workers": lambda v: min(v, 1),
                   "warmup_epochs": lambda v: 0.0, "milestones": lambda v: [], "seeds": lambda v: v[:2],
-                  "models": lambda v: v[:2], "jobs": lambda v: 1, "val_size": lambda v: min(v, 2),
+                  "models": lambda v: v[:1], "jobs": lambda v: 1, "val_size": lambda v: min(v, 2),
                   "sweep": lambda v: [r for r in v if r[1] == "none"][:2] + [r for r in v if r[1] != "none"][:1]},
         "eval": {"limit": lambda v: min(v or 4, 4), "max_pgd_steps": lambda v: 1, "apgd_steps": lambda v: 1,
                  "square_queries": lambda v: 2, "jobs": lambda v: 1},

@@ -9,7 +9,7 @@ for a user, and a later command reads what an earlier one wrote), on tiny data t
   /usr/share/datasets/fashion-mnist -> Fashion-MNIST's four idx .gz files, 24 train and 8 test random images
 What changes, and why:
   SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, a sweep at most 3 runs per model and seed
-                              (2 seeds, 2 models), every evaluation a few images and attack steps
+                              (2 seeds, 1 model), every evaluation a few images and attack steps
                               (sat_plumbing.smoke_settings); the commands, flags and code paths are the real ones
   SAT_NOTEBOOK_QUICK=1        the notebooks' own quick mode (notebooks/nbsetup.py), for `make notebooks`
   --nproc_per_node 8 -> 2     two processes (gloo on the CPU); --nnodes 4 -> 1, $NODE_RANK -> 0,
