@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 
 # The packages are installed by uv (pip installs uv itself into the venv first): torch's wheel pulls about 5 GB of
 # CUDA libraries even on a CPU-only machine, and uv unpacks and byte-compiles them on every core, in half pip's time
-# (install of a fresh .venv here: 30 s against 68 s). uv reads its own settings, not pip's: where pip needs
+# (a fresh .venv here, uv's cache empty: 38 s against 68 s). uv reads its own settings, not pip's: where pip needs
 # an index of its own (a pip.conf), replace each `$(UV) ...` line by `$(PY) -m pip install -q ...`, same arguments.
 UV     := $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode
 
