@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import sat_data
+import sat_models
 import sat_plumbing
 
 ev = importlib.import_module("04_eval")
@@ -95,6 +96,20 @@ def test_no_checkpoints_names_the_stage_to_run(tmp_path, capsys):
     assert code == 2 and "03_adv_train.py" in err and len(err.splitlines()) == 1
     code, err = run_cli(capsys, ["--runs", str(tmp_path / "missing")])
     assert code == 2 and "run the earlier stages first" in err
+
+
+def test_model_from_checkpoint_is_the_trained_model(trained_digits, test_set, tmp_path):
+    """Built on the meta device and given the checkpoint's tensors: the same outputs as the model that was saved,
+    nothing left on the meta device; and weights of another width are one error line, not a shape traceback."""
+    model, path = trained_digits
+    loaded, ckpt = sat_models.model_from_checkpoint(path)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    x, _ = test_set
+    assert torch.equal(loaded(x[:50]), model.eval()(x[:50]))
+    misfit = dict(ckpt, config={**ckpt["config"], "width": ckpt["config"].get("width", 16) * 2})
+    torch.save(misfit, tmp_path / "misfit.pt")
+    with pytest.raises(sat_plumbing.UserError, match="does not fit its own config: Error"):
+        sat_models.model_from_checkpoint(str(tmp_path / "misfit.pt"))
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "tampered"])
