@@ -13,7 +13,7 @@ statistics frozen; (2) the optimizer takes one SGD step on the loss at x + delta
 a smooth activation (stage 01) instead of ReLU.
 
 Run it (`--help` lists every setting with its unit, range and default):
-    python 03_adv_train.py                   # digits, CPU: Table 1's 4 rows + Figure 3's 7 activations, 47-55 s
+    python 03_adv_train.py                   # digits, CPU: Table 1's 4 rows + Figure 3's 7 activations, 42-55 s
                                              # on 2 cores (10 runs of 7-8 s, two at a time)
     python 03_adv_train.py --act silu        # narrow: one activation;  --smooth-grad both: one Table 1 row
     python 03_adv_train.py --seeds 15        # seeds 0..14 of everything (the README's study, ~22 min)

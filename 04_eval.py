@@ -34,7 +34,7 @@ activation (two models, two batch sizes) are two rows, named by the settings in 
 
 Run it:
     python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
-                                             # CPU: 157 s for the 11 default checkpoints on 2 idle
+                                             # CPU: 143 s for the 11 default checkpoints on 2 idle
                                              # cores (74-76 s before PGD-sg and APGD-T joined)
     python 04_eval.py --limit 1000           # ImageNet/CIFAR checkpoints: quick look on 1000 images
     torchrun --nproc_per_node 8 04_eval.py --subset robustbench    # each checkpoint's images over 8 GPUs (NCCL)
