@@ -50,8 +50,8 @@ import sat_plumbing  # noqa: E402
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
 ev = importlib.import_module("04_eval")
+from bench_eval_scaling import passes_per_image  # noqa: E402  (this script's folder, benchmarks/, is on sys.path)
 
-PASSES_PER_IMAGE = (1662, 1011)   # stage 04's default attack set, at most: forward-backward, forward (docs/SCALING.md)
 ROWS = []
 
 
@@ -185,7 +185,8 @@ def part_eval_resnet(device, size, batch, iters, warmup):
             fw = timed(lambda: model(x), device, iters, warmup) / batch
     record("eval", "ResNet-50 forward-backward (input only) per image", 1e3 * fb, "ms")
     record("eval", "ResNet-50 forward per image", 1e3 * fw, "ms")
-    per_image = PASSES_PER_IMAGE[0] * fb + PASSES_PER_IMAGE[1] * fw
+    passes_fb, passes_fw = passes_per_image()   # stage 04's default attack set, at most (bench_eval_scaling.py)
+    per_image = passes_fb * fb + passes_fw * fw
     record("eval", "whole attack set per image, at most", per_image, "s")
     for n in (5000, 50000):
         for gpus in (1, 8):
