@@ -7,7 +7,9 @@ measured here), and OMP_NUM_THREADS=1 for the processes the tests start. `--dist
 file, and each test class, to one worker, whose tests then run in order: the notebooks (the student editions
 reuse what the full ones trained), the crash tests (one uninterrupted run for all), each part of the README
 commands (a class each: they read what earlier commands of their part wrote). (`--dist loadgroup` with
-`xdist_group` marks would be finer, but with pytest 9.2 and pytest-xdist 3.8 it spreads a group over workers.)"""
+`xdist_group` marks would be finer, but with pytest 9.2 and pytest-xdist 3.8 it spreads a group over workers.)
+The longest of these units are handed out first (LONGEST_FIRST, with --no-loadscope-reorder in pytest.ini), so
+that both workers end together: the short files fill the gaps at the end."""
 import importlib
 import os
 import sys
@@ -73,3 +75,18 @@ def trained_digits(tmp_path_factory, train_mod):
         path = train_mod.train(cfg, quiet=True)
     model, _ = sat_models.model_from_checkpoint(path)
     return model, path
+
+
+# The test units that take longest (seconds of one worker, measured with --durations=0), in the order they are
+# handed out; every other file follows in collection order. Keeps the order of the tests inside each unit.
+LONGEST_FIRST = ["test_readme_commands.py::TestPart1",   # ~125 s: the scaling page (CIFAR-10, ImageNet, torchrun)
+                 "test_readme_commands.py::TestPart2",   # ~110 s: RESULTS.md, SNIPPETS.md, the stages' docstrings
+                 "test_readme_commands.py::TestPart0",   # ~60 s: the README (make run, make notebooks)
+                 "test_eval_scale.py", "test_notebooks.py", "test_crash_resume.py", "test_jobs_and_intervals.py"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = f"{item.path.name}::{item.nodeid.split('::', 1)[1]}"
+        return next((i for i, unit in enumerate(LONGEST_FIRST) if name.startswith(unit)), len(LONGEST_FIRST))
+    items.sort(key=rank)
