@@ -1,13 +1,16 @@
 """The GPU numbers: how fast smooth adversarial training of ResNet-50 runs on one GPU, what a batch costs in
 memory, what feeds the GPU, what the evaluation costs, and whether a low-precision attack is weaker.
 
-Six parts, each printed as it finishes and written as rows (part, setting, value, unit) to --csv:
+Six parts, each printed and written to --csv as a row (part, setting, value, unit) as soon as it is measured:
   1. train    ResNet-50, 224 px, synthetic data already on the GPU: images/s of a standard training step and
               of a PGD-1 adversarial step (stage 03's adversarial_training_step, steps 0 and 1) in fp32 (TF32
               for convolutions as PyTorch defaults: cuDNN on, matmul off), bf16, bf16 + channels_last and
-              bf16 + channels_last + torch.compile; the adversarial/standard ratio; peak memory. Then ReLU,
-              SiLU and GELU in the fastest setting, as a ratio to ReLU.
-  2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest setting: images/s, memory.
+              bf16 + channels_last + torch.compile; the adversarial/standard ratio; peak memory; the time of
+              the first calls (compiling). Then ReLU, SiLU and GELU in the fastest eager setting, as a ratio
+              to ReLU, and again compiled if compiling is faster. The compiled setting runs after parts 2-6:
+              each compiled model takes a minute or more to compile, and --time-limit stops new ones.
+  2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest eager setting: images/s,
+              memory.
   3. eval     ResNet-50 attack passes (an input-only forward-backward, a forward) per image in float32 with
               TF32 off (how stage 04 attacks), and from them the time of stage 04's whole attack set (at most
               1,662 forward-backward and 1,011 forward passes per image, docs/SCALING.md) for 5,000 and 50,000
@@ -21,11 +24,13 @@ Six parts, each printed as it finishes and written as rows (part, setting, value
               sync inside a step raises) and torch.profiler's top kernels of one adversarial step (a Chrome
               trace is written beside the CSV).
 
-Run it on a machine with an NVIDIA GPU (~5 min on an H200, `bash benchmarks/gpu_check.sh bench` does both):
+Run it on a machine with an NVIDIA GPU (`bash benchmarks/gpu_check.sh bench` does both, planned to fit in ten
+minutes of an H200 with --time-limit 330; it has not run on a GPU yet):
     python 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out runs/gpu_digits
     python benchmarks/bench_gpu.py --digits-runs runs/gpu_digits --csv docs/gpu_numbers.csv
-On the CPU it runs every part at toy sizes (ResNet-50 at 32 px, batch 4, one step each, no compile) to check
-the script itself: `python benchmarks/bench_gpu.py --quick`. Its figures then say nothing about a GPU.
+On the CPU it runs every part at toy sizes (ResNet-50 at 32 px, batch 4, one step each, torch.compile with
+its "eager" backend: traced, not compiled) to check the script itself: `python benchmarks/bench_gpu.py --quick`
+(~15 s). Its figures then say nothing about a GPU.
 """
 import argparse
 import contextlib
@@ -53,10 +58,16 @@ ev = importlib.import_module("04_eval")
 from bench_eval_scaling import passes_per_image  # noqa: E402  (this script's folder, benchmarks/, is on sys.path)
 
 ROWS = []
+COMPILE_BACKEND = "inductor"   # --quick: "eager" (dynamo traces the model, runs no compiled kernels: seconds)
+CSV = None   # the open CSV writer: each row is written (and flushed) as it is measured, so a run stopped by a
+#              timeout keeps every figure it took
 
 
 def record(part, setting, value, unit):
     ROWS.append((part, setting, value, unit))
+    if CSV is not None:
+        CSV[1].writerow((part, setting, value, unit))
+        CSV[0].flush()
     print(f"  {part:<9} {setting:<46} {value:>12.4g} {unit}" if isinstance(value, float) else
           f"  {part:<9} {setting:<46} {value!s:>12} {unit}", flush=True)
 
@@ -110,7 +121,7 @@ def resnet50(act, device, channels_last, compiled, size):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = train_mod.make_optimizer(model, cfg)
-    return cfg, (torch.compile(model) if compiled else model), opt
+    return cfg, (torch.compile(model, backend=COMPILE_BACKEND) if compiled else model), opt
 
 
 def train_step_fn(act, setting, batch, size, device):
@@ -129,32 +140,42 @@ def train_step_fn(act, setting, batch, size, device):
     return step
 
 
-def part_train(device, size, batch, settings, acts, iters, warmup):
-    print(f"\n1. training step, ResNet-50, {size} px, batch {batch}, synthetic data on {device}")
-    best = None
+def part_train(device, size, batch, settings, iters, warmup):
+    """Standard and PGD-1 steps of ReLU's ResNet-50 in each setting; returns {setting: (PGD-1 images/s, seconds
+    of the first calls)}. The first calls of a compiled model compile it: their time is a figure too."""
+    rates = {}
     for setting in settings:
         step = train_step_fn("relu", setting, batch, size, device)
-        res = {}
+        res, firsts = {}, 0.0
         for kind, steps in (("standard", 0), ("PGD-1 adversarial", 1)):
+            t = time.perf_counter()
             mem = peak_memory(device, step(steps))
+            first = time.perf_counter() - t
+            firsts += first
             sec = timed(step(steps), device, iters, warmup)
             res[kind] = batch / sec
             record("train", f"{setting}: {kind} images/s", batch / sec, "img/s")
             record("train", f"{setting}: {kind} peak memory", mem, "GiB")
+            record("train", f"{setting}: {kind} first call (compile, autotune)", first, "s")
         ratio = res["standard"] / res["PGD-1 adversarial"]
         record("train", f"{setting}: adversarial/standard time", ratio, "x")
-        if best is None or res["PGD-1 adversarial"] > best[1]:
-            best = (setting, res["PGD-1 adversarial"])
+        rates[setting] = (res["PGD-1 adversarial"], firsts)
         del step
-    setting = best[0]
-    record("train", "fastest setting", setting, "")
+    return rates
+
+
+def part_acts(device, size, batch, setting, acts, iters, warmup, deadline, per_model_s=0.0):
+    """The PGD-1 step of each activation's ResNet-50 against ReLU's, in one setting. A new model is started
+    only while the deadline leaves it `per_model_s` seconds (a compiled model's first call compiles it)."""
     base = None
     for act in acts:
+        if time.monotonic() + per_model_s > deadline:
+            record("train", f"{setting}: PGD-1 step, {act}", "skipped: --time-limit", "")
+            continue
         sec = timed(train_step_fn(act, setting, batch, size, device)(1), device, iters, warmup)
         base = base or sec
         record("train", f"{setting}: PGD-1 step, {act}, time / ReLU's", sec / base, "x")
         record("train", f"{setting}: PGD-1 step, {act}, images/s", batch / sec, "img/s")
-    return setting, best[1]
 
 
 def part_batch(device, size, batches, setting, iters, warmup):
@@ -193,15 +214,14 @@ def part_eval_resnet(device, size, batch, iters, warmup):
             record("eval", f"whole attack set, {n} images, {gpus} GPU(s), at most", per_image * n / gpus / 3600, "h")
 
 
-def digits_checkpoints(runs, quick, device):
-    """(name, model) of every final.pt under `runs`; with none given and --quick, one trained here in seconds."""
+def digits_checkpoints(runs, quick, device, scratch):
+    """(name, model) of every final.pt under `runs`; with none given and --quick, one trained in `scratch` in seconds."""
     if runs:
         paths = sorted(os.path.join(d, "final.pt") for d, _, files in os.walk(runs) if "final.pt" in files)
         if not paths:
             raise sat_plumbing.UserError(f"--digits-runs {runs}: no final.pt under it")
     elif quick:
-        out = tempfile.mkdtemp()
-        cfg = train_mod.preset_config("digits", act="relu", epochs=2, milestones=[], out=os.path.join(out, "digits_relu"))
+        cfg = train_mod.preset_config("digits", act="relu", epochs=2, milestones=[], out=os.path.join(scratch, "digits_relu"))
         paths = [train_mod.train(cfg, quiet=True)]
     else:
         return []
@@ -260,9 +280,11 @@ def write_jpegs(folder, n, rng):
         Image.fromarray(rng.randint(0, 256, (375, 500, 3), dtype=np.uint8)).save(os.path.join(d, f"{i}.JPEG"), quality=90)
 
 
-def part_loader(device, n_images, workers_list, batch, size, train_images_per_s):
+def part_loader(device, n_images, workers_list, batch, size, scratch):
+    """Images/s of stage 03's ImageNet input pipeline per number of loader workers; returns the images/s one
+    worker (one core) gives, the median over the worker counts."""
     print(f"\n5. input pipeline: {n_images} generated 500x375 JPEGs, decode + RandomResizedCrop({size}) + flip")
-    folder = tempfile.mkdtemp()
+    folder = os.path.join(scratch, "jpegs")
     write_jpegs(folder, n_images, np.random.RandomState(0))
     ds = sat_data.get_dataset("imagenet", "train", folder, size)
     per_worker = []
@@ -287,9 +309,7 @@ def part_loader(device, n_images, workers_list, batch, size, train_images_per_s)
             return torch.stack([crop(im) for im in imgs]).float().div_(255)   # as ToTensor: float in [0, 1]
         sec = timed(gpu_batch, device, 3, 1)
         record("loader", "GPU decode (nvjpeg) + crop on the GPU: images/s", min(batch, len(datas)) / sec, "img/s")
-    if train_images_per_s:
-        cores = train_images_per_s / float(np.median(per_worker))
-        record("loader", f"CPU cores (loader workers) to feed {train_images_per_s:.0f} img/s", cores, "cores")
+    return float(np.median(per_worker))
 
 
 def part_profile(device, setting, batch, size, out_dir):
@@ -324,7 +344,8 @@ def main(argv=None):
 
 
 def bench(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    global CSV, COMPILE_BACKEND
+    p = sat_plumbing.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=None, help="the figures as CSV (default: docs/gpu_numbers.csv on a GPU, "
                    "runs/benchmarks/gpu_numbers_cpu.csv on the CPU)")
     p.add_argument("--digits-runs", default=None, help="folder of trained digits runs for parts 3b and 4")
@@ -332,48 +353,76 @@ def bench(argv):
     p.add_argument("--quick", action="store_true", help="toy sizes (the CPU check of this script)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile setting")
     p.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run")
+    p.add_argument("--time-limit", type=float, default=0, help="seconds: no torch.compile model is started past "
+                   "them (compiling takes a minute or more each; 0: no limit)")
     args = p.parse_args(argv)
+    sat_plumbing.check_number("--batch", args.batch, lo=1)
+    sat_plumbing.check_number("--time-limit", args.time_limit, lo=0)
+    deadline = time.monotonic() + (args.time_limit or float("inf"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or sat_plumbing.SMOKE or device.type == "cpu"
-    parts = {int(s) for s in args.parts.split(",") if s.strip()}
-    if not parts <= set(range(1, 7)):
+    parts = {int(s) for s in args.parts.split(",") if s.strip().isdigit()}
+    if not parts or not parts <= set(range(1, 7)) or len(parts) != len([s for s in args.parts.split(",") if s.strip()]):
         raise sat_plumbing.UserError(f"--parts {args.parts}: accepted 1 to 6, comma-separated")
     csv_path = args.csv or (os.path.join(ROOT, "docs", "gpu_numbers.csv") if device.type == "cuda" else
                             os.path.join(sat_plumbing.RUNS_DIR, "benchmarks", "gpu_numbers_cpu.csv"))
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     if quick:
         size, batch, batches, iters, warmup = 32, 4, [4], 1, 1
-        settings = ["fp32", "bf16 + channels_last"]
+        settings = ["fp32", "bf16 + channels_last"] + ([] if args.no_compile else ["bf16 + channels_last + compile"])
+        COMPILE_BACKEND = "eager"
         acts, n_digits, apgd, square, jpegs, workers = ["relu", "silu"], 20, 2, 5, 8, [0, 2]
     else:
         size, batch, batches, iters, warmup = 224, args.batch, [64, 128, 256, 512], 10, 3
         settings = ["fp32", "bf16", "bf16 + channels_last"] + ([] if args.no_compile else ["bf16 + channels_last + compile"])
         acts, n_digits, apgd, square, jpegs, workers = ["relu", "silu", "gelu"], 500, 100, 1000, 1024, [4, 8, 16]
+    eager = [s for s in settings if "compile" not in s]
+    compiled = [s for s in settings if "compile" in s]
     torch.manual_seed(0)
-    if device.type == "cuda":
-        record("setup", "GPU", torch.cuda.get_device_name(device), "")
-        record("setup", "cuDNN TF32 / matmul TF32 (PyTorch defaults)",
-               f"{torch.backends.cudnn.allow_tf32}/{torch.backends.cuda.matmul.allow_tf32}", "")
-        torch.backends.cudnn.benchmark = True
-    record("setup", "torch / torchvision", f"{torch.__version__} / {importlib.import_module('torchvision').__version__}", "")
-    record("setup", "CPU cores", os.cpu_count(), "")
-    fastest, train_rate = (settings[-1], None)
-    if 1 in parts:
-        fastest, train_rate = part_train(device, size, batch, settings, acts, iters, warmup)
-    if 2 in parts:
-        part_batch(device, size, batches, fastest, iters, warmup)
-    if 3 in parts:
-        part_eval_resnet(device, size, batch, iters, warmup)
-    if parts & {3, 4}:
-        part_eval_digits(device, digits_checkpoints(args.digits_runs, quick, device), n_digits, apgd, square)
-    if 5 in parts:
-        part_loader(device, jpegs, workers, batch, size, train_rate)
-    if 6 in parts:
-        part_profile(device, fastest, batch, size, os.path.dirname(os.path.abspath(csv_path)))
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["part", "setting", "value", "unit"])
-        w.writerows(ROWS)
+    with open(csv_path, "w", newline="") as f, tempfile.TemporaryDirectory() as scratch:
+        CSV = (f, csv.writer(f))
+        CSV[1].writerow(["part", "setting", "value", "unit"])
+        if device.type == "cuda":
+            record("setup", "GPU", torch.cuda.get_device_name(device), "")
+            record("setup", "cuDNN TF32 / matmul TF32 (PyTorch defaults)",
+                   f"{torch.backends.cudnn.allow_tf32}/{torch.backends.cuda.matmul.allow_tf32}", "")
+            torch.backends.cudnn.benchmark = True
+        record("setup", "torch / torchvision", f"{torch.__version__} / {importlib.import_module('torchvision').__version__}", "")
+        record("setup", "CPU cores", os.cpu_count(), "")
+        if compiled:
+            record("setup", "torch.compile backend", COMPILE_BACKEND, "")
+        # the eager settings first, then every other part, and torch.compile last: each compiled model takes a
+        # minute or more to compile, so --time-limit can stop them without losing the rest
+        rates, fastest = {}, eager[-1]
+        if 1 in parts:
+            print(f"\n1. training step, ResNet-50, {size} px, batch {batch}, synthetic data on {device}")
+            rates = part_train(device, size, batch, eager, iters, warmup)
+            fastest = max(rates, key=lambda k: rates[k][0])
+            part_acts(device, size, batch, fastest, acts, iters, warmup, deadline)
+        if 2 in parts:
+            part_batch(device, size, batches, fastest, iters, warmup)
+        if 3 in parts:
+            part_eval_resnet(device, size, batch, iters, warmup)
+        if parts & {3, 4}:
+            part_eval_digits(device, digits_checkpoints(args.digits_runs, quick, device, scratch), n_digits, apgd, square)
+        per_core = part_loader(device, jpegs, workers, batch, size, scratch) if 5 in parts else None
+        if 6 in parts:
+            part_profile(device, fastest, batch, size, os.path.dirname(os.path.abspath(csv_path)))
+        if 1 in parts and compiled:
+            print(f"\n1c. torch.compile, ResNet-50, {size} px, batch {batch} (last: each new model compiles)")
+            if time.monotonic() > deadline:
+                record("train", compiled[0], "skipped: --time-limit", "")
+            else:
+                rates.update(part_train(device, size, batch, compiled, iters, warmup))
+                if rates[compiled[0]][0] > rates[fastest][0]:
+                    fastest = compiled[0]
+                    part_acts(device, size, batch, fastest, acts, iters, warmup, deadline, per_model_s=rates[fastest][1])
+        if rates:
+            record("train", "fastest setting", fastest, "")
+            if per_core:
+                record("loader", f"CPU cores (loader workers) to feed {rates[fastest][0]:.0f} img/s",
+                       rates[fastest][0] / per_core, "cores")
+        CSV = None
     print(f"\n{len(ROWS)} figures -> {os.path.relpath(csv_path)}")
 
 

@@ -9,6 +9,10 @@ Measures (2 threads):
      plus the ordinary training step on x_adv.
   2. wall-clock seconds of the default digits training (30 epochs, PGD-1, eps 64/255) of one configuration,
      for act = relu and silu, written to a temporary folder (runs/03_adv_train is never touched).
+  3. (--compile, this part alone) the PGD-1 step of a torch.compile'd CIFAR ResNet-18 (batch 64), with pgd()
+     switching the weights' requires_grad off during the attack, as it does, against the weights left on, and
+     the eager step. Why: eager autograd skips the weight gradients that autograd.grad(loss, delta) does not
+     ask for; a compiled backward is one graph that computes every gradient its inputs require.
 
 Ratios are measured within one run: the two variants alternate, repeat after repeat, and the printed
 ratio is the median of the per-repeat ratios, so load on the machine hits both sides alike.
@@ -16,6 +20,7 @@ ratio is the median of the per-repeat ratios, so load on the machine hits both s
 Run it (from anywhere):
     python benchmarks/bench_train.py           # ~1.5 min on 2 idle CPU cores
     python benchmarks/bench_train.py --quick   # fewer repeats, 5-epoch trainings: ~25 s
+    python benchmarks/bench_train.py --compile # part 3 only: ~1.5 min (compiling takes most of it)
 Other processes on the same 2 cores can stretch these times several-fold and widen the 'repeats lo..hi'
 spread printed next to each ratio: trust a ratio with a tight spread.
 """
@@ -62,6 +67,50 @@ def step_ratio(title, cfg, x, y, repeats, inner):
     print(f"  adversarial / standard  {r:6.3f}   (target <= 1.70: {'met' if r <= 1.70 else 'NOT met'}; repeats {min(rs):.2f}..{max(rs):.2f})")
 
 
+class WeightsLeftOn(torch.nn.Module):
+    """`model` with its weights hidden from pgd() (parameters() is empty here), so they keep requires_grad during
+    the attack: the attack as it ran before pgd() switched them off."""
+
+    def __init__(self, model):
+        super().__init__()
+        object.__setattr__(self, "inner", model)   # not registered as a submodule
+        self.training = model.training
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def train(self, mode=True):
+        self.training = mode
+        self.inner.train(mode)
+        return self
+
+
+def compiled_step(cfg, x, y, repeats, inner):
+    """Part 3: the compiled PGD-1 step with the attack's weights off (pgd() as it is) and left on, and eager."""
+    backend = "eager" if sat_plumbing.SMOKE else "inductor"   # SAT_SMOKE: traced only, no kernels compiled
+    model = sat_models.build_model(dataclasses.asdict(cfg))
+    opt = train_mod.make_optimizer(model, cfg)
+    compiled = torch.compile(model, backend=backend)
+    eps = attack.px(cfg.eps)
+
+    def run(fwd, attacker):
+        return lambda: train_mod.adversarial_training_step(fwd, x, y, opt, eps, eps, 1, cfg.rand_start_prob,
+                                                           attack_model=attacker)
+    fns = {"compiled, weights off": run(compiled, compiled), "compiled, weights on": run(compiled, WeightsLeftOn(compiled)),
+           "eager": run(model, model)}
+    t = time.perf_counter()
+    for fn in fns.values():
+        fn()
+    print(f"\nCIFAR ResNet-18 (relu), torch.compile backend {backend}: batch {len(y)}, first calls {time.perf_counter() - t:.0f} s "
+          f"(compiling), median of {repeats} repeats x {inner} call(s)")
+    times = interleaved(fns, repeats, inner)
+    for k, v in times.items():
+        print(f"  {k:<22} {statistics.median(v) * 1e3:8.2f} ms/step")
+    for a, b in (("compiled, weights off", "compiled, weights on"), ("compiled, weights off", "eager")):
+        rs = [ta / tb for ta, tb in zip(times[a], times[b])]
+        print(f"  {a} / {b:<20} {statistics.median(rs):6.3f}   (repeats {min(rs):.2f}..{max(rs):.2f})")
+
+
 def time_training(act, epochs):
     """Seconds of one digits training run (the preset; `epochs` overrides only in --quick) in a temp folder."""
     overrides = {} if epochs is None else {"epochs": epochs}
@@ -76,12 +125,18 @@ def time_training(act, epochs):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats and 5-epoch trainings")
+    p.add_argument("--compile", action="store_true", help="part 3 alone: the compiled step, the attack's weights off or on")
     args = p.parse_args()
     # SAT_SMOKE=1 (the README command test): one thread, 8-image batches; the figures mean nothing then
     size = sat_plumbing.smoke_settings("benchmark", {"threads": 2, "batch": 64})
     torch.set_num_threads(size["threads"])
     torch.manual_seed(0)
     b = size["batch"]
+    if args.compile:
+        print("3. the PGD-1 adversarial training step of a compiled model (CPU, 2 threads)")
+        x, y = torch.rand(b, 3, 32, 32), torch.randint(0, 10, (b,))
+        compiled_step(train_mod.preset_config("cifar10"), x, y, repeats=5, inner=1)
+        return
 
     print("1. one PGD-1 adversarial training step vs one standard training step (CPU, 2 threads)")
     x, y = sat_data.digits_tensors("train")

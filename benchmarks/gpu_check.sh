@@ -1,7 +1,8 @@
 #!/bin/bash
 # The GPU numbers and the CUDA paths on a real GPU: run from the repo root on a machine with an NVIDIA GPU,
 #     bash benchmarks/gpu_check.sh            (logs and CSVs go to $OUT, default runs/gpu_check)
-#     bash benchmarks/gpu_check.sh bench      (steps 0 and 1 only: the figures, ~5 min on an H200)
+#     bash benchmarks/gpu_check.sh bench      (steps 0 and 1 only: the figures; at most 100 + 450 s, planned for
+#                                              one 600-s call of a lent H200; never run on a GPU yet)
 # 0. two digits runs on CUDA (ReLU, SiLU; 30 epochs), the trained checkpoints of bench_gpu's parts 3 and 4
 # 1. benchmarks/bench_gpu.py: ResNet-50 training speed, memory, batch sizes, evaluation cost, attack precision,
 #    the input pipeline, the sync check and profile ($OUT/gpu_numbers.csv, $OUT/bench_gpu.log)
@@ -19,10 +20,12 @@ export PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 step() { echo; echo "=== $1 ($(date +%T))"; }
 step "digits runs on cuda for bench_gpu (relu, silu)"
-timeout 150 python3 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out "$TMP/gpu_digits" 2>&1 | tail -3
+timeout 100 python3 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out "$TMP/gpu_digits" 2>&1 | tail -3
 echo "rc=${PIPESTATUS[0]}"
 step "bench_gpu"
-timeout 480 python3 benchmarks/bench_gpu.py --digits-runs "$TMP/gpu_digits" --csv "$OUT/gpu_numbers.csv" 2>&1 | tee "$OUT/bench_gpu.log"
+# --time-limit: no torch.compile model starts after 330 s; the CSV gets each row as it is measured, so even a
+# run stopped by the timeout keeps its figures
+timeout 450 python3 benchmarks/bench_gpu.py --digits-runs "$TMP/gpu_digits" --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
 echo "rc=${PIPESTATUS[0]}"
 [ "$1" = bench ] && { step done; exit 0; }
 step "bench_activations --skip-cpu"

@@ -95,6 +95,24 @@ def test_no_weight_grads_mode_restored_bn_untouched(attack, training):
         assert torch.equal(v, buffers[k]), k
 
 
+def test_weights_need_no_grad_during_the_attack_and_get_their_flags_back(attack):
+    """pgd switches the weights' requires_grad off while it attacks (a compiled backward would otherwise compute
+    their gradients) and restores each flag as it was: one frozen by the user stays frozen, also after an error."""
+    model = tiny_cnn(bn=True)
+    params = list(model.parameters())
+    params[0].requires_grad_(False)                      # the user's own choice, e.g. a frozen first layer
+    before = [p.requires_grad for p in params]
+    seen = []
+    model.register_forward_pre_hook(lambda m, inp: seen.append([p.requires_grad for p in params]))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    attack.pgd(model, x, y, 0.1, 0.03, 2)
+    assert seen and all(not any(flags) for flags in seen)
+    assert [p.requires_grad for p in params] == before
+    with pytest.raises(IndexError):                      # a label out of range fails inside the attack
+        attack.pgd(model, x, torch.full((8,), 99), 0.1, 0.03, 2)
+    assert [p.requires_grad for p in params] == before
+
+
 def test_works_under_autocast(attack):
     model = tiny_cnn()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))

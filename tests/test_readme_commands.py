@@ -15,7 +15,8 @@ What changes, and why:
   --nproc_per_node 8 -> 2     two processes (gloo on the CPU); --nnodes 4 -> 1, $NODE_RANK -> 0,
                               $MASTER -> 127.0.0.1, and a free port for every rendezvous
   tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
-Not run: `make test` (it is this suite). Editing a command in the README so that it fails fails this test.
+Not run: `make test` (it is this suite), and `python benchmarks/bench_gpu.py --quick`, which
+tests/test_benchmarks.py runs and checks. Editing a command in the README so that it fails fails this test.
 """
 import os
 import re
@@ -37,7 +38,8 @@ STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
 # part runs in a scratch copy of its own (`user_dirs`), made once per worker and kept for the whole session (a
 # module-scoped fixture would be made anew whenever the worker runs a test of another file between two commands).
 PAGES = (("README.md",), ("docs/SCALING.md",), ("RESULTS.md", "docs/SNIPPETS.md"))
-NOT_RUN = {"make test": "this test suite itself"}
+NOT_RUN = {"make test": "this test suite itself",
+           "python benchmarks/bench_gpu.py --quick": "tests/test_benchmarks.py runs it (in-process) and checks its figures"}
 PREFIXES = ("python ", "make ", "torchrun ")
 
 
