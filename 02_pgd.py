@@ -73,9 +73,9 @@ def pgd(model, x, y, eps, step, steps, rand_start_prob=1.0):
     What it does NOT do, on purpose:
       * no weight gradients: torch.autograd.grad w.r.t. delta only, so nothing lands in any param.grad
         and the backward pass skips the weight-gradient kernels (a PGD step is cheaper than a training step).
-        Under torch.compile the backward is one compiled graph that computes every gradient its inputs
-        require, so the weights' requires_grad is switched off for the attack (and back on after it): a
-        compiled ResNet-18 step takes 0.81x the time it took with them on (benchmarks/bench_train.py --compile);
+        A compiled backward (torch.compile) may compute every gradient its inputs require, so the weights'
+        requires_grad is switched off for the attack (and back on after it): with torch 2.14.1 a compiled
+        ResNet-18 step takes 0.81x the time it took with them on (benchmarks/bench_train.py --compile);
       * no BatchNorm statistics updates: the model runs in eval mode (paper: "BatchNorm statistics are not
         updated while the adversarial example is generated"); its train/eval mode is restored on exit;
       * no check that x lies in [0, 1]: that reads the tensor (a GPU-to-host sync on every call), so it is

@@ -12,7 +12,7 @@ Measures (2 threads):
   3. (--compile, this part alone) the PGD-1 step of a torch.compile'd CIFAR ResNet-18 (batch 64), with pgd()
      switching the weights' requires_grad off during the attack, as it does, against the weights left on, and
      the eager step. Why: eager autograd skips the weight gradients that autograd.grad(loss, delta) does not
-     ask for; a compiled backward is one graph that computes every gradient its inputs require.
+     ask for; with torch 2.14.1 a compiled backward computed them (0.81x with them off), with 2.11 it did not.
 
 Ratios are measured within one run: the two variants alternate, repeat after repeat, and the printed
 ratio is the median of the per-repeat ratios, so load on the machine hits both sides alike.
