@@ -19,7 +19,8 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
   4. precision PGD-200 robust accuracy of the same digits checkpoints with the attack under bf16 autocast
               against float32 with TF32 off (the same random starts).
   5. loader   decode + RandomResizedCrop + flip of generated 500x375 JPEGs (stage 03's ImageNet pipeline) with
-              4, 8 and 16 loader workers, and torchvision's GPU JPEG decoding; how many cores keep one GPU busy.
+              4, 8 and 16 loader workers, and torchvision's GPU JPEG decoding (decode_jpeg on the device,
+              nvjpeg); how many cores keep one GPU busy at the fastest setting's training speed.
   6. profile  a sync check (torch.cuda.set_sync_debug_mode("error") around adversarial steps: any host-device
               sync inside a step raises) and torch.profiler's top kernels of one adversarial step (a Chrome
               trace is written beside the CSV).
@@ -309,18 +310,18 @@ def part_loader(device, n_images, workers_list, batch, size, scratch, epochs):
         del loader                           # its workers stop before the next count starts
         per_worker.append(rate / max(w, 1))
         record("loader", f"CPU decode, {w} workers: images/s", rate, "img/s")
-    if device.type == "cuda":
-        from torchvision.io import decode_jpeg, read_file
-        from torchvision.transforms import v2
-        files = [p for p, _ in ds.samples]
-        crop = torch.nn.Sequential(v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip())
-        datas = [read_file(p) for p in files]
+    # torchvision's own decoder on the device (nvjpeg on a GPU; on the CPU, --quick checks the code): a batch of
+    # files in memory decoded in one call, then the same crop and flip per image, as floats in [0, 1]
+    from torchvision.io import decode_jpeg, read_file
+    from torchvision.transforms import v2
+    crop = torch.nn.Sequential(v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip())
+    datas = [read_file(p) for p, _ in ds.samples][:batch]
 
-        def gpu_batch():
-            imgs = decode_jpeg(datas[:batch], device=device)
-            return torch.stack([crop(im) for im in imgs]).float().div_(255)   # as ToTensor: float in [0, 1]
-        sec = timed(gpu_batch, device, 3, 1)
-        record("loader", "GPU decode (nvjpeg) + crop on the GPU: images/s", min(batch, len(datas)) / sec, "img/s")
+    def decode_batch():
+        return torch.stack([crop(im) for im in decode_jpeg(datas, device=device)]).float().div_(255)
+    assert decode_batch().shape == (len(datas), 3, size, size)
+    sec = timed(decode_batch, device, 3, 1)
+    record("loader", f"torchvision decode_jpeg on {device.type} + crop there: images/s", len(datas) / sec, "img/s")
     return float(np.median(per_worker))
 
 

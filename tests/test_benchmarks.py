@@ -52,6 +52,8 @@ def test_every_part_writes_its_rows(quick_rows):
     eager_best = max(("fp32", "bf16 + channels_last"), key=lambda s: value(rows, "train", f"{s}: PGD-1 adversarial images/s"))
     assert value(rows, "train", f"{eager_best}: PGD-1 step, relu, time / ReLU's") == 1.0
     assert ("train", f"{eager_best}: PGD-1 step, silu, time / ReLU's") in rows
+    assert value(rows, "loader", "torchvision decode_jpeg on cpu + crop there: images/s") > 0   # nvjpeg's code, on the CPU
+    assert 90 < value(rows, "loader", "mean JPEG size") < 130   # KB: as large as ImageNet's JPEGs, ~110 KB
     rate = value(rows, "train", f"{fastest}: PGD-1 adversarial images/s")
     assert value(rows, "loader", f"CPU cores (loader workers) to feed {rate:.0f} img/s") > 0
     trace = os.path.join(ROOT, rows[("profile", "Chrome trace of one adversarial step")]["value"])
