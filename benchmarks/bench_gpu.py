@@ -311,7 +311,11 @@ def part_loader(device, n_images, workers_list, batch, size, scratch, epochs):
         per_worker.append(rate / max(w, 1))
         record("loader", f"CPU decode, {w} workers: images/s", rate, "img/s")
     # torchvision's own decoder on the device (nvjpeg on a GPU; on the CPU, --quick checks the code): a batch of
-    # files in memory decoded in one call, then the same crop and flip per image, as floats in [0, 1]
+    # files in memory decoded in one call, then the same crop and flip per image, as floats in [0, 1].
+    # torchvision 0.29 deprecates its decoders for TorchCodec's (a warning on each call, silenced here); the GPU
+    # machines' 0.26 does not
+    import warnings
+    warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning)
     from torchvision.io import decode_jpeg, read_file
     from torchvision.transforms import v2
     crop = torch.nn.Sequential(v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip())
