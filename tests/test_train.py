@@ -326,3 +326,29 @@ def test_digits_are_scikit_learns_load_digits():
     assert np.array_equal(target, d.target)
     x, y = sat_data.digits_tensors("test")
     assert x.shape == (500, 1, 8, 8) and y.shape == (500,) and x.max() == 1.0 and x.min() == 0.0
+
+
+@pytest.mark.parametrize("act, smooth_grad", [("relu", "both"), ("psoftplus", "none")])
+def test_a_training_step_reads_no_tensor_value(train_mod, monkeypatch, act, smooth_grad):
+    """The hot path waits for no GPU: an adversarial training step (PGD-1 with a random start, the SGD update)
+    reads no tensor's value on the host, which on a GPU is a sync (bench_gpu.py part 6 checks it there with
+    set_sync_debug_mode). Only the random-start coin is read, a number drawn on the CPU."""
+    from importlib import import_module
+    acts = import_module("01_activations")
+    cfg = train_mod.preset_config("digits", act=act, smooth_grad=smooth_grad)
+    import dataclasses
+    model = sat_models.build_model(dataclasses.asdict(cfg))
+    if act == "relu":
+        acts.swap_activations(model, "relu", smooth_grad=True)
+    opt = train_mod.make_optimizer(model, cfg)
+    x, y = sat_data.digits_tensors("train")
+    x, y = x[:16], y[:16]
+    eps = 64 / 255
+    train_mod.adversarial_training_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)   # optimizer state made
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name, **k: (reads.append((_name, t.shape)), _real(t, *a, **k))[1])
+    train_mod.adversarial_training_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)
+    monkeypatch.undo()
+    assert reads == [("item", torch.Size([]))], reads   # the coin
