@@ -15,6 +15,14 @@
 #    on CUDA
 # Each step prints rc=0 when it succeeded. Steps 2-5 ran as is on an NVIDIA H200 with torch 2.11 (2026-11-26):
 # all rc=0. Steps 0-1 were written after that and ran on the CPU only (bench_gpu.py --quick).
+# A GPU machine without torchattacks (bench_gpu's part 3b, stage 04) or pyautoattack (stage 04's APGD-T) takes
+# them as wheels in .whl/ (ignored by git), fetched beforehand on a machine with pip's index:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl torchattacks==3.5.1
+#     (and pyautoattack==0.2.0, 42 MB, for the steps after `bench`)
+# (the device tool of this project: run with carry [".whl"], the command `OUT=$OUT bash benchmarks/gpu_check.sh bench`)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
 OUT=${OUT:-runs/gpu_check}; TMP=$(mktemp -d); mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi -L; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
