@@ -89,6 +89,10 @@ def test_time_limit_skips_new_models_and_says_so():
     bench_gpu.part_acts(bench_gpu.torch.device("cpu"), 32, 2, "fp32", ["relu", "silu"], 1, 0,
                         deadline=time.monotonic() + 30, per_model_s=60)
     assert [r[2] for r in bench_gpu.ROWS] == ["skipped: --time-limit"] * 2
+    bench_gpu.ROWS.clear()   # ReLU's step already measured (the compiled setting): it is the base, SiLU is skipped
+    bench_gpu.part_acts(bench_gpu.torch.device("cpu"), 32, 2, "fp32", ["relu", "silu"], 1, 0,
+                        deadline=time.monotonic() + 30, per_model_s=60, relu_sec=0.5)
+    assert [r[2] for r in bench_gpu.ROWS] == [1.0, 4.0, "skipped: --time-limit"]
 
 
 @pytest.mark.parametrize("argv, names", [(["--parts", "7"], "--parts 7"), (["--batch", "0"], "--batch"),
