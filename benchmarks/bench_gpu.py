@@ -7,7 +7,8 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
               for convolutions as PyTorch defaults: cuDNN on, matmul off), bf16, bf16 + channels_last and
               bf16 + channels_last + torch.compile; the adversarial/standard ratio; peak memory; the time of
               the first calls (compiling). Then ReLU, SiLU and GELU in the fastest eager setting, as a ratio
-              to ReLU, and again compiled if compiling is faster. The compiled setting runs after parts 2-6:
+              to ReLU, and again compiled if compiling is faster; the cifar10 preset's PGD-1 step (ResNet-18,
+              batch 128) and its 100 epochs' time. The compiled setting runs after parts 2-6:
               each compiled model takes a minute or more to compile, and --time-limit stops new ones.
   2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest eager setting: images/s,
               memory.
@@ -114,24 +115,27 @@ def full_precision():
         torch.set_float32_matmul_precision(before[2])
 
 
-def resnet50(act, device, channels_last, compiled, size):
-    """Stage 03's ImageNet model (ResNet-50 with `act`, for `size` px) and its optimizer; the model the step runs
-    (compiled or not)."""
-    cfg = train_mod.preset_config("imagenet", act=act, image_size=size)
-    model = sat_models.build_model({**dataclasses.asdict(cfg), "num_classes": 1000}).to(device)
+CLASSES = {"imagenet": 1000, "cifar10": 10}
+
+
+def resnet50(act, device, channels_last, compiled, size, preset="imagenet"):
+    """Stage 03's model of a preset (ImageNet: ResNet-50 with `act`, for `size` px; cifar10: its ResNet-18) and its
+    optimizer; the model the step runs (compiled or not)."""
+    cfg = train_mod.preset_config(preset, act=act, **({"image_size": size} if preset == "imagenet" else {}))
+    model = sat_models.build_model({**dataclasses.asdict(cfg), "num_classes": CLASSES[preset]}).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = train_mod.make_optimizer(model, cfg)
     return cfg, (torch.compile(model, backend=COMPILE_BACKEND) if compiled else model), opt
 
 
-def train_step_fn(act, setting, batch, size, device):
+def train_step_fn(act, setting, batch, size, device, preset="imagenet"):
     """A zero-argument training step (standard: steps=0, adversarial: PGD-1) in one of the settings of part 1."""
     bf16, cl, comp = "bf16" in setting, "channels_last" in setting, "compile" in setting
-    cfg, model, opt = resnet50(act, device, cl, comp, size)
+    cfg, model, opt = resnet50(act, device, cl, comp, size, preset)
     x = torch.rand(batch, 3, size, size, device=device)
     x = x.contiguous(memory_format=torch.channels_last) if cl else x
-    y = torch.randint(0, 1000, (batch,), device=device)
+    y = torch.randint(0, CLASSES[preset], (batch,), device=device)
     eps = attack.px(cfg.eps)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
@@ -181,6 +185,18 @@ def part_acts(device, size, batch, setting, acts, iters, warmup, deadline, per_m
         base = base or sec
         record("train", f"{setting}: PGD-1 step, {act}, time / ReLU's", sec / base, "x")
         record("train", f"{setting}: PGD-1 step, {act}, images/s", batch / sec, "img/s")
+
+
+def part_cifar(device, setting, iters, warmup, batch=None):
+    """The cifar10 preset's PGD-1 step (its ResNet-18, 32 px, its batch of 128 unless `batch`) and the time of
+    its 100 epochs."""
+    cfg = train_mod.preset_config("cifar10")
+    batch = batch or cfg.batch_size
+    sec = timed(train_step_fn("relu", setting, batch, 32, device, "cifar10")(1), device, iters, warmup)
+    n_train = 50_000 - cfg.val_size   # the preset holds out a validation split of the training set
+    record("train", f"cifar10 preset ({cfg.model}, batch {batch}), {setting}: PGD-1 images/s", batch / sec, "img/s")
+    record("train", f"cifar10 preset: {cfg.epochs} epochs of {n_train} images, 1 GPU (steps alone)",
+           cfg.epochs * n_train * sec / batch / 3600, "h")
 
 
 def part_batch(device, size, batches, setting, iters, warmup):
@@ -420,6 +436,7 @@ def bench(argv):
             rates = part_train(device, size, batch, eager, iters, warmup)
             fastest = max(rates, key=lambda k: rates[k][0])
             part_acts(device, size, batch, fastest, acts, iters, warmup, deadline)
+            part_cifar(device, fastest, iters, warmup, batch if quick else None)
         if 2 in parts:
             part_batch(device, size, batches, fastest, iters, warmup)
         if 3 in parts:

@@ -54,6 +54,9 @@ def test_every_part_writes_its_rows(quick_rows):
     assert ("train", f"{eager_best}: PGD-1 step, silu, time / ReLU's") in rows
     assert value(rows, "loader", "torchvision decode_jpeg on cpu + crop there: images/s") > 0   # nvjpeg's code, on the CPU
     assert 90 < value(rows, "loader", "mean JPEG size") < 130   # KB: as large as ImageNet's JPEGs, ~110 KB
+    cifar = value(rows, "train", f"cifar10 preset (cifar_resnet18, batch 4), {eager_best}: PGD-1 images/s")
+    assert value(rows, "train", "cifar10 preset: 100 epochs of 40000 images, 1 GPU (steps alone)") == \
+        pytest.approx(100 * 40000 / cifar / 3600)
     rate = value(rows, "train", f"{fastest}: PGD-1 adversarial images/s")
     assert value(rows, "loader", f"CPU cores (loader workers) to feed {rate:.0f} img/s") > 0
     trace = os.path.join(ROOT, rows[("profile", "Chrome trace of one adversarial step")]["value"])
