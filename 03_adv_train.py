@@ -158,7 +158,7 @@ PRESETS = {
     "digits": dict(model="digitsnet", eps=attack.EPS_PX["digits"], epochs=30, batch_size=64, lr_per_256=0.2, weight_decay=5e-4,
                    warmup_epochs=2.0, milestones=[15, 25], label_smoothing=0.0, check_size=256, threads=1),
     # cifar10: the common CIFAR adversarial-training recipe (Madry/Rice et al.), eps 8/255 as usual there;
-    # ResNet-18 on one GPU: ~1-2 min per epoch with PGD-1
+    # ResNet-18; its speed on a GPU: benchmarks/bench_gpu.py (part 1, not yet run on a GPU)
     "cifar10": dict(model="cifar_resnet18", eps=attack.EPS_PX["cifar10"], epochs=100, batch_size=128, lr_per_256=0.2,
                     weight_decay=5e-4, warmup_epochs=5.0, milestones=[50, 75], label_smoothing=0.0,
                     check_size=1000, workers=4, val_size=10_000),
