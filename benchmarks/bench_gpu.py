@@ -458,6 +458,9 @@ def bench(argv):
                               relu_sec=batch / rates[fastest][0])   # ReLU's compiled step: measured just above
         if rates:
             record("train", "fastest setting", fastest, "")
+            for gpus in (1, 8):   # ImageNet's 1,281,167 training images; 8 GPUs: if the speed scales linearly
+                record("train", f"the paper's 100 epochs at {rates[fastest][0]:.0f} img/s per GPU, {gpus} GPU(s)",
+                       100 * 1_281_167 / rates[fastest][0] / gpus / 3600, "h")
             if per_core:
                 record("loader", f"CPU cores (loader workers) to feed {rates[fastest][0]:.0f} img/s",
                        rates[fastest][0] / per_core, "cores")

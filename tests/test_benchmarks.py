@@ -59,6 +59,9 @@ def test_every_part_writes_its_rows(quick_rows):
         pytest.approx(100 * 40000 / cifar / 3600)
     rate = value(rows, "train", f"{fastest}: PGD-1 adversarial images/s")
     assert value(rows, "loader", f"CPU cores (loader workers) to feed {rate:.0f} img/s") > 0
+    for gpus in (1, 8):
+        hours = value(rows, "train", f"the paper's 100 epochs at {rate:.0f} img/s per GPU, {gpus} GPU(s)")
+        assert hours == pytest.approx(100 * 1_281_167 / rate / gpus / 3600)
     trace = os.path.join(ROOT, rows[("profile", "Chrome trace of one adversarial step")]["value"])
     assert os.path.dirname(os.path.abspath(trace)) == str(out)
     with open(trace) as f:
