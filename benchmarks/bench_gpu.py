@@ -369,8 +369,13 @@ def part_profile(device, setting, batch, size, out_dir):
     with profile(activities=activities) as prof:
         step()
         sync(device)
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60))
+    key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    events = prof.key_averages()
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=60))
+    self_key = "self_" + key   # the top 5 operators/kernels by their own time (children excluded) go into the CSV
+    top = sorted(events, key=lambda e: getattr(e, self_key), reverse=True)[:5]
+    for i, e in enumerate(top, 1):
+        record("profile", f"top {i} by self {key.split('_')[0]} time: {e.key[:50]}", getattr(e, self_key) / 1e3, "ms")
     trace = os.path.join(out_dir, "bench_gpu_trace.json")
     prof.export_chrome_trace(trace)
     record("profile", "Chrome trace of one adversarial step", os.path.relpath(trace, ROOT), "")

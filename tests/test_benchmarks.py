@@ -62,6 +62,8 @@ def test_every_part_writes_its_rows(quick_rows):
     for gpus in (1, 8):
         hours = value(rows, "train", f"the paper's 100 epochs at {rate:.0f} img/s per GPU, {gpus} GPU(s)")
         assert hours == pytest.approx(100 * 1_281_167 / rate / gpus / 3600)
+    top = [float(r["value"]) for (part, setting), r in rows.items() if part == "profile" and setting.startswith("top ")]
+    assert len(top) == 5 and top == sorted(top, reverse=True) and top[0] > 0
     trace = os.path.join(ROOT, rows[("profile", "Chrome trace of one adversarial step")]["value"])
     assert os.path.dirname(os.path.abspath(trace)) == str(out)
     with open(trace) as f:
