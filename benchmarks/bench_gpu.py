@@ -9,7 +9,8 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
               the first calls (compiling). Then ReLU, SiLU and GELU in the fastest eager setting, as a ratio
               to ReLU, and again compiled if compiling is faster; the cifar10 preset's PGD-1 step (ResNet-18,
               batch 128) and its 100 epochs' time. The compiled setting runs after parts 2-6:
-              each compiled model takes a minute or more to compile, and --time-limit stops new ones.
+              each compiled model takes a minute or more to compile, and --time-limit stops new ones. Last,
+              the paper's 100 ImageNet epochs in hours on 1 and 8 GPUs at the fastest setting's speed.
   2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest eager setting: images/s,
               memory.
   3. eval     ResNet-50 attack passes (an input-only forward-backward, a forward) per image in float32 with
@@ -23,8 +24,8 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
               4, 8 and 16 loader workers, and torchvision's GPU JPEG decoding (decode_jpeg on the device,
               nvjpeg); how many cores keep one GPU busy at the fastest setting's training speed.
   6. profile  a sync check (torch.cuda.set_sync_debug_mode("error") around adversarial steps: any host-device
-              sync inside a step raises) and torch.profiler's top kernels of one adversarial step (a Chrome
-              trace is written beside the CSV).
+              sync inside a step raises) and torch.profiler's top kernels of one adversarial step (the
+              table printed, the top 5 by self time in the CSV, a Chrome trace written beside the CSV).
 
 Run it on a machine with an NVIDIA GPU (`bash benchmarks/gpu_check.sh bench` does both, planned to fit in ten
 minutes of an H200 with --time-limit 330; it has not run on a GPU yet):
