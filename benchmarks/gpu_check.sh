@@ -33,7 +33,9 @@ echo "rc=${PIPESTATUS[0]}"
 step "bench_gpu"
 # --time-limit: no torch.compile model starts after 330 s; the CSV gets each row as it is measured, so even a
 # run stopped by the timeout keeps its figures
-timeout 450 python3 benchmarks/bench_gpu.py --digits-runs "$TMP/gpu_digits" --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
+# (without a trained digits checkpoint, say step 0 ran out of time, parts 3b and 4 are skipped, not the rest)
+DIGITS=$([ -n "$(find "$TMP/gpu_digits" -name final.pt 2>/dev/null)" ] && echo "--digits-runs $TMP/gpu_digits")
+timeout 450 python3 benchmarks/bench_gpu.py $DIGITS --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
 echo "rc=${PIPESTATUS[0]}"
 [ "$1" = bench ] && { step done; exit 0; }
 step "bench_activations --skip-cpu"
