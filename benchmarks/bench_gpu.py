@@ -9,8 +9,9 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
               the first calls (compiling). Then ReLU, SiLU and GELU in the fastest eager setting, as a ratio
               to ReLU, and again compiled if compiling is faster; the cifar10 preset's PGD-1 step (ResNet-18,
               batch 128) and its 100 epochs' time. The compiled setting runs after parts 2-6:
-              each compiled model takes a minute or more to compile, and --time-limit stops new ones. Last,
-              the paper's 100 ImageNet epochs in hours on 1 and 8 GPUs at the fastest setting's speed.
+              each compiled model takes a minute or more to compile, and none starts unless --time-limit
+              leaves it COMPILE_S (180 s). The paper's 100 ImageNet epochs in hours on 1 and 8 GPUs at the
+              fastest eager setting's speed, then again if compiling is faster.
   2. batch    the PGD-1 step against the batch size (64, 128, 256, 512) in the fastest eager setting: images/s,
               memory.
   3. eval     ResNet-50 attack passes (an input-only forward-backward, a forward) per image in float32 with
@@ -26,6 +27,9 @@ Six parts, each printed and written to --csv as a row (part, setting, value, uni
   6. profile  a sync check (torch.cuda.set_sync_debug_mode("error") around adversarial steps: any host-device
               sync inside a step raises) and torch.profiler's top kernels of one adversarial step (the
               table printed, the top 5 by self time in the CSV, a Chrome trace written beside the CSV).
+
+An error in one part (a path that never ran on a GPU: nvjpeg, 16 loader workers, a compile) becomes a row
+"error in <part>" and the next part runs; bad arguments are one `error:` line and exit code 2.
 
 Run it on a machine with an NVIDIA GPU (`bash benchmarks/gpu_check.sh bench` does both, planned to fit in ten
 minutes of an H200 with --time-limit 330; it has not run on a GPU yet):
@@ -45,6 +49,8 @@ import sys
 import tempfile
 import time
 
+T0 = time.monotonic()   # --time-limit counts from here, torch's import included
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
@@ -61,6 +67,7 @@ ev = importlib.import_module("04_eval")
 from bench_eval_scaling import passes_per_image  # noqa: E402  (this script's folder, benchmarks/, is on sys.path)
 
 ROWS = []
+COMPILE_S = 180   # seconds a compiled ResNet-50 is assumed to take to compile (two graphs; not measured yet)
 COMPILE_BACKEND = "inductor"   # --quick: "eager" (dynamo traces the model, runs no compiled kernels: seconds)
 CSV = None   # the open CSV writer: each row is written (and flushed) as it is measured, so a run stopped by a
 #              timeout keeps every figure it took
@@ -73,6 +80,21 @@ def record(part, setting, value, unit):
         CSV[0].flush()
     print(f"  {part:<9} {setting:<46} {value:>12.4g} {unit}" if isinstance(value, float) else
           f"  {part:<9} {setting:<46} {value!s:>12} {unit}", flush=True)
+
+
+def guarded(part, fn, *args, **kwargs):
+    """fn(*args, **kwargs), or None after an error in it, which becomes a row of its own: on a GPU, where this
+    script runs once in a time-boxed call, one failing part (nvjpeg, a loader worker, a compile) must not take
+    the other parts with it."""
+    try:
+        return fn(*args, **kwargs)
+    except sat_plumbing.UserError:   # bad input stays one error line and exit code 2
+        raise
+    except Exception as e:   # noqa: BLE001  (anything else: recorded, then the next part)
+        record(part, f"error in {fn.__name__}", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}", "")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
 
 
 def sync(device):
@@ -205,7 +227,9 @@ def part_cifar(device, setting, iters, warmup, batch=None):
 
 def part_batch(device, size, batches, setting, iters, warmup):
     print(f"\n2. PGD-1 step against the batch size ({setting})")
+    step = None
     for b in batches:
+        step = None   # the previous batch's model, optimizer state and input are freed before this one's peak
         try:
             step = train_step_fn("relu", setting, b, size, device)(1)
             sec = timed(step, device, iters, warmup)
@@ -239,12 +263,18 @@ def part_eval_resnet(device, size, batch, iters, warmup):
             record("eval", f"whole attack set, {n} images, {gpus} GPU(s), at most", per_image * n / gpus / 3600, "h")
 
 
+def digits_final_pts(runs):
+    """The final.pt files under --digits-runs (checked before anything is measured)."""
+    paths = sorted(os.path.join(d, "final.pt") for d, _, files in os.walk(runs) if "final.pt" in files)
+    if not paths:
+        raise sat_plumbing.UserError(f"--digits-runs {runs}: no final.pt under it")
+    return paths
+
+
 def digits_checkpoints(runs, quick, device, scratch):
     """(name, model) of every final.pt under `runs`; with none given and --quick, one trained in `scratch` in seconds."""
     if runs:
-        paths = sorted(os.path.join(d, "final.pt") for d, _, files in os.walk(runs) if "final.pt" in files)
-        if not paths:
-            raise sat_plumbing.UserError(f"--digits-runs {runs}: no final.pt under it")
+        paths = digits_final_pts(runs)
     elif quick:
         cfg = train_mod.preset_config("digits", act="relu", epochs=2, milestones=[], out=os.path.join(scratch, "digits_relu"))
         paths = [train_mod.train(cfg, quiet=True)]
@@ -314,7 +344,7 @@ def write_jpegs(folder, n, rng):
     return float(np.mean(sizes))
 
 
-def part_loader(device, n_images, workers_list, batch, size, scratch, epochs):
+def part_loader(device, n_images, workers_list, batch, size, scratch, min_s):
     """Images/s of stage 03's ImageNet input pipeline per number of loader workers; returns the images/s one
     worker (one core) gives, the median over the worker counts."""
     print(f"\n5. input pipeline: {n_images} generated 500x375 JPEGs, decode + RandomResizedCrop({size}) + flip")
@@ -328,8 +358,9 @@ def part_loader(device, n_images, workers_list, batch, size, scratch, epochs):
         loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=w, persistent_workers=w > 0,
                                              pin_memory=device.type == "cuda", prefetch_factor=4 if w else None)
         sum(1 for _ in loader)
-        t = time.perf_counter()
-        seen = sum(len(yb) for _ in range(epochs) for _, yb in loader)
+        t, seen = time.perf_counter(), 0
+        while seen == 0 or time.perf_counter() - t < min_s:   # whole epochs, for at least min_s seconds
+            seen += sum(len(yb) for _, yb in loader)
         rate = seen / (time.perf_counter() - t)
         del loader                           # its workers stop before the next count starts
         per_worker.append(rate / max(w, 1))
@@ -385,6 +416,19 @@ def part_profile(device, setting, batch, size, out_dir):
     record("profile", "Chrome trace of one adversarial step", os.path.relpath(trace, ROOT), "")
 
 
+def summary(rates, fastest, per_core, label):
+    """The fastest setting (of the eager ones, or of all with torch.compile), the paper's 100 epochs in hours at
+    its speed, and the loader cores that speed needs."""
+    if fastest not in rates:
+        return
+    rate = rates[fastest][0]
+    record("train", f"fastest setting ({label})", fastest, "")
+    for gpus in (1, 8):   # ImageNet's 1,281,167 training images; 8 GPUs: if the speed scales linearly
+        record("train", f"the paper's 100 epochs, {fastest}, {gpus} GPU(s)", 100 * 1_281_167 / rate / gpus / 3600, "h")
+    if per_core:
+        record("loader", f"CPU cores (loader workers) to feed {fastest} ({rate:.0f} img/s)", rate / per_core, "cores")
+
+
 def main(argv=None):
     sat_plumbing.run_cli(bench, argv)
 
@@ -404,7 +448,9 @@ def bench(argv):
     args = p.parse_args(argv)
     sat_plumbing.check_number("--batch", args.batch, lo=1)
     sat_plumbing.check_number("--time-limit", args.time_limit, lo=0)
-    deadline = time.monotonic() + (args.time_limit or float("inf"))
+    if args.digits_runs:
+        digits_final_pts(args.digits_runs)
+    deadline = T0 + (args.time_limit or float("inf"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or sat_plumbing.SMOKE or device.type == "cpu"
     parts = {int(s) for s in args.parts.split(",") if s.strip().isdigit()}
@@ -438,41 +484,41 @@ def bench(argv):
         if compiled and 1 in parts:
             record("setup", "torch.compile backend", COMPILE_BACKEND, "")
         # the eager settings first, then every other part, and torch.compile last: each compiled model takes a
-        # minute or more to compile, so --time-limit can stop them without losing the rest
+        # minute or more to compile, so --time-limit can stop them without losing the rest. Each part is guarded:
+        # an error in one is a row of the CSV, and the next part runs
         rates, fastest = {}, eager[-1]
         if 1 in parts:
             print(f"\n1. training step, ResNet-50, {size} px, batch {batch}, synthetic data on {device}")
-            rates = part_train(device, size, batch, eager, iters, warmup)
-            fastest = max(rates, key=lambda k: rates[k][0])
-            part_acts(device, size, batch, fastest, acts, iters, warmup, deadline)
-            part_cifar(device, fastest, iters, warmup, batch if quick else None)
+            rates = guarded("train", part_train, device, size, batch, eager, iters, warmup) or {}
+            if rates:
+                fastest = max(rates, key=lambda k: rates[k][0])
+                guarded("train", part_acts, device, size, batch, fastest, acts, iters, warmup, deadline,
+                        relu_sec=batch / rates[fastest][0])   # ReLU's step in this setting: measured just above
+            guarded("train", part_cifar, device, fastest, iters, warmup, batch if quick else None)
         if 2 in parts:
-            part_batch(device, size, batches, fastest, iters, warmup)
+            guarded("batch", part_batch, device, size, batches, fastest, iters, warmup)
         if 3 in parts:
-            part_eval_resnet(device, size, batch, iters, warmup)
+            guarded("eval", part_eval_resnet, device, size, batch, iters, warmup)
         if parts & {3, 4}:
-            part_eval_digits(device, digits_checkpoints(args.digits_runs, quick, device, scratch), n_digits, apgd, square)
-        per_core = part_loader(device, jpegs, workers, batch, size, scratch, 1 if quick else 3) if 5 in parts else None
+            checkpoints = guarded("eval", digits_checkpoints, args.digits_runs, quick, device, scratch)
+            guarded("eval", part_eval_digits, device, checkpoints, n_digits, apgd, square)
+        per_core = guarded("loader", part_loader, device, jpegs, workers, batch, size, scratch, 0 if quick else 3) \
+            if 5 in parts else None
         if 6 in parts:
-            part_profile(device, fastest, batch, size, os.path.dirname(os.path.abspath(csv_path)))
+            guarded("profile", part_profile, device, fastest, batch, size, os.path.dirname(os.path.abspath(csv_path)))
+        summary(rates, fastest, per_core, "eager")   # written now: a compile killed by a timeout leaves them
         if 1 in parts and compiled:
             print(f"\n1c. torch.compile, ResNet-50, {size} px, batch {batch} (last: each new model compiles)")
-            if time.monotonic() > deadline:
-                record("train", compiled[0], "skipped: --time-limit", "")
+            if time.monotonic() + COMPILE_S > deadline:
+                record("train", compiled[0], f"skipped: --time-limit leaves under {COMPILE_S} s", "")
             else:
-                rates.update(part_train(device, size, batch, compiled, iters, warmup))
-                if rates[compiled[0]][0] > rates[fastest][0]:
+                rates.update(guarded("train", part_train, device, size, batch, compiled, iters, warmup) or {})
+                if compiled[0] in rates and rates[compiled[0]][0] > rates[fastest][0]:
                     fastest = compiled[0]
-                    part_acts(device, size, batch, fastest, acts, iters, warmup, deadline, per_model_s=rates[fastest][1],
-                              relu_sec=batch / rates[fastest][0])   # ReLU's compiled step: measured just above
-        if rates:
-            record("train", "fastest setting", fastest, "")
-            for gpus in (1, 8):   # ImageNet's 1,281,167 training images; 8 GPUs: if the speed scales linearly
-                record("train", f"the paper's 100 epochs at {rates[fastest][0]:.0f} img/s per GPU, {gpus} GPU(s)",
-                       100 * 1_281_167 / rates[fastest][0] / gpus / 3600, "h")
-            if per_core:
-                record("loader", f"CPU cores (loader workers) to feed {rates[fastest][0]:.0f} img/s",
-                       rates[fastest][0] / per_core, "cores")
+                    guarded("train", part_acts, device, size, batch, fastest, acts, iters, warmup, deadline,
+                            per_model_s=rates[fastest][1], relu_sec=batch / rates[fastest][0])
+                if fastest == compiled[0]:
+                    summary(rates, fastest, per_core, "with torch.compile")
         CSV = None
     print(f"\n{len(ROWS)} figures -> {os.path.relpath(csv_path)}")
 

@@ -25,17 +25,17 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 OUT=${OUT:-runs/gpu_check}; TMP=$(mktemp -d); mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi -L; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+nvidia-smi -L; df -h /dev/shm | tail -1; python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 step() { echo; echo "=== $1 ($(date +%T))"; }
 step "digits runs on cuda for bench_gpu (relu, silu)"
 timeout 100 python3 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out "$TMP/gpu_digits" 2>&1 | tail -3
 echo "rc=${PIPESTATUS[0]}"
 step "bench_gpu"
-# --time-limit: no torch.compile model starts after 330 s; the CSV gets each row as it is measured, so even a
+# --time-limit: no torch.compile model starts unless 180 s are left of 330; the CSV gets each row as it is measured, so even a
 # run stopped by the timeout keeps its figures
 # (without a trained digits checkpoint, say step 0 ran out of time, parts 3b and 4 are skipped, not the rest)
 DIGITS=$([ -n "$(find "$TMP/gpu_digits" -name final.pt 2>/dev/null)" ] && echo "--digits-runs $TMP/gpu_digits")
-timeout 450 python3 benchmarks/bench_gpu.py $DIGITS --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
+timeout -k 10 450 python3 benchmarks/bench_gpu.py $DIGITS --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
 echo "rc=${PIPESTATUS[0]}"
 [ "$1" = bench ] && { step done; exit 0; }
 step "bench_activations --skip-cpu"
