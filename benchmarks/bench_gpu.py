@@ -32,7 +32,7 @@ An error in one part (a path that never ran on a GPU: nvjpeg, 16 loader workers,
 "error in <part>" and the next part runs; bad arguments are one `error:` line and exit code 2.
 
 Run it on a machine with an NVIDIA GPU (`bash benchmarks/gpu_check.sh bench` does both, planned to fit in ten
-minutes of an H200 with --time-limit 330; it has not run on a GPU yet):
+minutes of an H200 with --time-limit 420; it has not run on a GPU yet):
     python 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out runs/gpu_digits
     python benchmarks/bench_gpu.py --digits-runs runs/gpu_digits --csv docs/gpu_numbers.csv
 On the CPU it runs every part at toy sizes (ResNet-50 at 32 px, batch 4, one step each, torch.compile with

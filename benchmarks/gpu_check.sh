@@ -1,7 +1,7 @@
 #!/bin/bash
 # The GPU numbers and the CUDA paths on a real GPU: run from the repo root on a machine with an NVIDIA GPU,
 #     bash benchmarks/gpu_check.sh            (logs and CSVs go to $OUT, default runs/gpu_check)
-#     bash benchmarks/gpu_check.sh bench      (steps 0 and 1 only: the figures; at most 100 + 450 s, planned for
+#     bash benchmarks/gpu_check.sh bench      (steps 0 and 1 only: the figures; at most 100 + 470 s, planned for
 #                                              one 600-s call of a lent H200; never run on a GPU yet)
 # 0. two digits runs on CUDA (ReLU, SiLU; 30 epochs), the trained checkpoints of bench_gpu's parts 3 and 4
 # 1. benchmarks/bench_gpu.py: ResNet-50 training speed, memory, batch sizes, evaluation cost, attack precision,
@@ -31,11 +31,11 @@ step "digits runs on cuda for bench_gpu (relu, silu)"
 timeout 100 python3 03_adv_train.py --device cuda --act relu silu --smooth-grad none --quiet --out "$TMP/gpu_digits" 2>&1 | tail -3
 echo "rc=${PIPESTATUS[0]}"
 step "bench_gpu"
-# --time-limit: no torch.compile model starts unless 180 s are left of 330; the CSV gets each row as it is measured, so even a
-# run stopped by the timeout keeps its figures
+# --time-limit: no torch.compile model starts unless 180 s are left of 420 (the parts before it: about 2-4 min);
+# the CSV gets each row as it is measured, so even a run stopped by the timeout keeps its figures
 # (without a trained digits checkpoint, say step 0 ran out of time, parts 3b and 4 are skipped, not the rest)
 DIGITS=$([ -n "$(find "$TMP/gpu_digits" -name final.pt 2>/dev/null)" ] && echo "--digits-runs $TMP/gpu_digits")
-timeout -k 10 450 python3 benchmarks/bench_gpu.py $DIGITS --csv "$OUT/gpu_numbers.csv" --time-limit 330 2>&1 | tee "$OUT/bench_gpu.log"
+timeout -k 10 460 python3 benchmarks/bench_gpu.py $DIGITS --csv "$OUT/gpu_numbers.csv" --time-limit 420 2>&1 | tee "$OUT/bench_gpu.log"
 echo "rc=${PIPESTATUS[0]}"
 [ "$1" = bench ] && { step done; exit 0; }
 step "bench_activations --skip-cpu"
