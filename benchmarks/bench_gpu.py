@@ -91,7 +91,8 @@ def guarded(part, fn, *args, **kwargs):
     except sat_plumbing.UserError:   # bad input stays one error line and exit code 2
         raise
     except Exception as e:   # noqa: BLE001  (anything else: recorded, then the next part)
-        record(part, f"error in {fn.__name__}", f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e).strip() else ''}", "")
+        first_line = (str(e).strip().splitlines() or [""])[0][:120]
+        record(part, f"error in {fn.__name__}", f"{type(e).__name__}: {first_line}", "")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return None
@@ -195,21 +196,19 @@ def part_train(device, size, batch, settings, iters, warmup):
     return rates
 
 
-def part_acts(device, size, batch, setting, acts, iters, warmup, deadline, per_model_s=0.0, relu_sec=None):
-    """The PGD-1 step of each activation's ResNet-50 against ReLU's, in one setting (ReLU's seconds per step
-    `relu_sec` if part 1 measured them already, else measured here first). A new model is started only while
-    the deadline leaves it `per_model_s` seconds (a compiled model's first call compiles it)."""
-    base = relu_sec
+def part_acts(device, size, batch, setting, acts, iters, warmup, deadline, relu_sec, per_model_s=0.0):
+    """The PGD-1 step of each activation's ResNet-50 against ReLU's, in one setting; `relu_sec` is ReLU's seconds
+    per step there, which part 1 measured. A new model is started only while the deadline leaves it
+    `per_model_s` seconds (a compiled model's first call compiles it)."""
     for act in acts:
-        if act == "relu" and relu_sec is not None:
+        if act == "relu":
             sec = relu_sec
         elif time.monotonic() + per_model_s > deadline:
             record("train", f"{setting}: PGD-1 step, {act}", "skipped: --time-limit", "")
             continue
         else:
             sec = timed(train_step_fn(act, setting, batch, size, device)(1), device, iters, warmup)
-        base = base or sec
-        record("train", f"{setting}: PGD-1 step, {act}, time / ReLU's", sec / base, "x")
+        record("train", f"{setting}: PGD-1 step, {act}, time / ReLU's", sec / relu_sec, "x")
         record("train", f"{setting}: PGD-1 step, {act}, images/s", batch / sec, "img/s")
 
 
@@ -227,7 +226,6 @@ def part_cifar(device, setting, iters, warmup, batch=None):
 
 def part_batch(device, size, batches, setting, iters, warmup):
     print(f"\n2. PGD-1 step against the batch size ({setting})")
-    step = None
     for b in batches:
         step = None   # the previous batch's model, optimizer state and input are freed before this one's peak
         try:
@@ -493,7 +491,7 @@ def bench(argv):
             if rates:
                 fastest = max(rates, key=lambda k: rates[k][0])
                 guarded("train", part_acts, device, size, batch, fastest, acts, iters, warmup, deadline,
-                        relu_sec=batch / rates[fastest][0])   # ReLU's step in this setting: measured just above
+                        batch / rates[fastest][0])   # ReLU's step in this setting: measured just above
             guarded("train", part_cifar, device, fastest, iters, warmup, batch if quick else None)
         if 2 in parts:
             guarded("batch", part_batch, device, size, batches, fastest, iters, warmup)
@@ -516,7 +514,7 @@ def bench(argv):
                 if compiled[0] in rates and rates[compiled[0]][0] > rates[fastest][0]:
                     fastest = compiled[0]
                     guarded("train", part_acts, device, size, batch, fastest, acts, iters, warmup, deadline,
-                            per_model_s=rates[fastest][1], relu_sec=batch / rates[fastest][0])
+                            batch / rates[fastest][0], per_model_s=rates[fastest][1])
                 if fastest == compiled[0]:
                     summary(rates, fastest, per_core, "with torch.compile")
         CSV = None

@@ -37,21 +37,10 @@ import torchattacks  # noqa: E402
 import sat_data  # noqa: E402
 import sat_models  # noqa: E402
 import sat_plumbing  # noqa: E402
-from timing import interleaved  # noqa: E402
+from timing import interleaved, ratio, spread  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-
-
-def ratio(times, a, b):
-    """Median over repeats of time[a] / time[b]: each pair was measured back to back."""
-    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b]))
-
-
-def spread(times, a, b):
-    """'lo..hi' of the per-repeat ratios: how much the machine's load moved them."""
-    rs = [ta / tb for ta, tb in zip(times[a], times[b])]
-    return f"repeats {min(rs):.2f}..{max(rs):.2f}"
 
 
 def verdict(ok):

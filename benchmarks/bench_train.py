@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import sat_data  # noqa: E402
 import sat_models  # noqa: E402
 import sat_plumbing  # noqa: E402
-from timing import interleaved  # noqa: E402
+from timing import interleaved, ratio, spread  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
@@ -59,12 +59,11 @@ def step_ratio(title, cfg, x, y, repeats, inner):
         return lambda: train_mod.adversarial_training_step(model, x, y, opt, eps, step, steps, cfg.rand_start_prob)
 
     times = interleaved({"PGD-1 adversarial": run(1), "standard": run(0)}, repeats, inner)
-    rs = [a / s for a, s in zip(times["PGD-1 adversarial"], times["standard"])]   # back-to-back pairs
-    r = statistics.median(rs)
+    r = ratio(times, "PGD-1 adversarial", "standard")
     print(f"\n{title}: batch {len(y)}, eps {cfg.eps:g}/255, median of {repeats} repeats x {inner} call(s)")
     for k, v in times.items():
         print(f"  {k:<18} {statistics.median(v) * 1e3:8.2f} ms/step")
-    print(f"  adversarial / standard  {r:6.3f}   (target <= 1.70: {'met' if r <= 1.70 else 'NOT met'}; repeats {min(rs):.2f}..{max(rs):.2f})")
+    print(f"  adversarial / standard  {r:6.3f}   (target <= 1.70: {'met' if r <= 1.70 else 'NOT met'}; {spread(times, 'PGD-1 adversarial', 'standard')})")
 
 
 class WeightsLeftOn(torch.nn.Module):
@@ -107,8 +106,7 @@ def compiled_step(cfg, x, y, repeats, inner):
     for k, v in times.items():
         print(f"  {k:<22} {statistics.median(v) * 1e3:8.2f} ms/step")
     for a, b in (("compiled, weights off", "compiled, weights on"), ("compiled, weights off", "eager")):
-        rs = [ta / tb for ta, tb in zip(times[a], times[b])]
-        print(f"  {a} / {b:<20} {statistics.median(rs):6.3f}   (repeats {min(rs):.2f}..{max(rs):.2f})")
+        print(f"  {a} / {b:<20} {ratio(times, a, b):6.3f}   ({spread(times, a, b)})")
 
 
 def time_training(act, epochs):

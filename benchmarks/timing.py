@@ -1,4 +1,6 @@
-"""The one timing helper the benchmarks share: alternate the compared variants, repeat after repeat."""
+"""The timing helpers the benchmarks share: alternate the compared variants, repeat after repeat, and read
+their ratio off the back-to-back pairs."""
+import statistics
 import time
 
 import sat_plumbing
@@ -20,3 +22,14 @@ def interleaved(fns, repeats, inner=1, warmup=2):
                 fn()
             times[name].append((time.perf_counter() - t) / inner)
     return times
+
+
+def ratio(times, a, b):
+    """Median over repeats of time[a] / time[b]: each pair was measured back to back."""
+    return statistics.median(ta / tb for ta, tb in zip(times[a], times[b]))
+
+
+def spread(times, a, b):
+    """'lo..hi' of the per-repeat ratios: how much the machine's load moved them."""
+    rs = [ta / tb for ta, tb in zip(times[a], times[b])]
+    return f"repeats {min(rs):.2f}..{max(rs):.2f}"

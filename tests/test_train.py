@@ -1,5 +1,6 @@
 """Stage 03: one optimisation step on each data path, resume equality, torchrun with 2 processes, the
 smooth-gradient switch, and one-line errors that leave checkpoints untouched."""
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -265,7 +266,6 @@ INTERNAL = {"num_classes", "out"}   # filled from the data set; the run folder (
 def test_parser_is_generated_from_config(train_mod, capsys, tmp_path):
     """Every setting of Config has its flag, its help shows its default (the presets' where they differ), and
     its declared range and names are what the command line checks: one error line each, exit 2."""
-    import dataclasses
     parser_flags = set(train_mod.parse_args([]).__dict__)
     fields = [f for f in dataclasses.fields(train_mod.Config) if f.name not in INTERNAL]
     assert {f.name for f in fields} <= parser_flags
@@ -329,14 +329,11 @@ def test_digits_are_scikit_learns_load_digits():
 
 
 @pytest.mark.parametrize("act, smooth_grad", [("relu", "both"), ("psoftplus", "none")])
-def test_a_training_step_reads_no_tensor_value(train_mod, monkeypatch, act, smooth_grad):
+def test_a_training_step_reads_no_tensor_value(train_mod, acts, monkeypatch, act, smooth_grad):
     """The hot path waits for no GPU: an adversarial training step (PGD-1 with a random start, the SGD update)
     reads no tensor's value on the host, which on a GPU is a sync (bench_gpu.py part 6 checks it there with
     set_sync_debug_mode). Only the random-start coin is read, a number drawn on the CPU."""
-    from importlib import import_module
-    acts = import_module("01_activations")
     cfg = train_mod.preset_config("digits", act=act, smooth_grad=smooth_grad)
-    import dataclasses
     model = sat_models.build_model(dataclasses.asdict(cfg))
     if act == "relu":
         acts.swap_activations(model, "relu", smooth_grad=True)
