@@ -118,6 +118,45 @@ def torchvision_model(name: str, num_classes: int, image_size: int = 224):
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kw)
 
 
+# the functional forms of stage 01's RELU_ROLE (torch.nn.functional.relu, torch.relu, Tensor.relu, ...), by name
+FUNCTIONAL_NAMES = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "prelu", "elu", "elu_", "celu", "selu",
+                    "gelu", "silu", "mish", "softplus", "hardswish"}
+
+
+def functional_activations(model: nn.Module, x: torch.Tensor) -> set:
+    """Names of the activation functions `model` calls in functional form (F.relu(x), x.relu(), ...) in a
+    forward pass on x, outside its activation modules: the calls stage 01's swap_activations cannot reach
+    (torchvision's DenseNet ends with F.relu, Inception v3 and GoogLeNet use nothing else). Seen through a
+    TorchFunctionMode, which is shown every torch function call; calls made inside a RELU_ROLE module (an
+    nn.ReLU calls F.relu) are its own business."""
+    from torch.overrides import TorchFunctionMode
+    depth, found = [0], set()
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if depth[0] == 0 and getattr(func, "__name__", "") in FUNCTIONAL_NAMES:
+                found.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    def enter(*_):
+        depth[0] += 1
+
+    def leave(*_):
+        depth[0] -= 1
+    relu_role = importlib.import_module("01_activations").RELU_ROLE
+    hooks = [h for m in model.modules() if isinstance(m, relu_role)
+             for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    was_training = model.training
+    try:
+        with torch.no_grad(), Watch():
+            model.eval()(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def build_model(cfg: dict) -> nn.Module:
     """Rebuild a model from a (resolved) config dict: keys dataset, model, act, smooth_grad, width,
     num_classes. Returns Sequential(Normalize, net) with its ReLUs swapped for cfg['act'] (stage 01)."""
@@ -134,7 +173,7 @@ def build_model(cfg: dict) -> nn.Module:
     replaced = acts.swap_activations(net, cfg["act"], smooth_grad=use_smooth_grad)
     if name not in OWN_MODELS:   # a torchvision model: are all its activations modules that could be swapped?
         size = cfg.get("image_size", 224) if cfg["dataset"] == "imagenet" else 32
-        calls = acts.functional_activations(net, torch.rand(1, 3, size, size))
+        calls = functional_activations(net, torch.rand(1, 3, size, size))
         if calls or not replaced:
             raise UserError(f"model {name!r} calls {', '.join(sorted(calls)) or 'its activations'} in functional form "
                             f"(torch.nn.functional), which no module swap can reach: SAT cannot change it; pick another model")

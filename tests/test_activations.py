@@ -1,5 +1,6 @@
 """Stage 01: each activation against its closed form (float64, numpy/math reference), the smooth-backward
-switch, continuity of derivatives at 0, and the activation swap on a torchvision ResNet-50."""
+switch, continuity of derivatives at 0, the activation swap on a torchvision ResNet-50, and each fast path
+(sat_kernels.py) against its plain formula."""
 import math
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import sat_kernels
 from conftest import ROOT
 
 X = np.concatenate([np.linspace(-6, 6, 241), [-1000.0, -80.0, -30.0, 30.0, 80.0, 1000.0, 0.0]])
@@ -52,14 +54,14 @@ def test_smooth_activations_pass_gradcheck(acts, name):
 def test_smoothrelu_alpha_gradient_passes_gradcheck(acts, gpu_form, monkeypatch):
     """SmoothReLU's alpha is learned: its hand-written gradient (summed over the elements) against finite
     differences, together with the input's; in the CPU form and in the GPU form (log1p)."""
-    monkeypatch.setattr(acts, "fused", lambda x: gpu_form)
+    monkeypatch.setattr(sat_kernels, "fused", lambda x: gpu_form)
     x = torch.tensor([-2.0, -0.1, 0.0, 0.002, 0.3, 4.0], dtype=torch.float64, requires_grad=True)
     alpha = torch.tensor(30.0, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(acts._SmoothReLU.apply, (x, alpha))
+    assert torch.autograd.gradcheck(sat_kernels._SmoothReLU.apply, (x, alpha))
 
 
 # On a GPU, Softplus, Parametric Softplus and ELU call PyTorch's fused kernels and SmoothReLU its log1p
-# (acts.fused decides by device).
+# (sat_kernels.fused decides by device).
 # Forcing that path here checks it on the CPU: F.elu exactly (1e-12), F.softplus within its threshold error,
 # log(1 + exp(-20)) / alpha <= exp(-20) / alpha (2.1e-9 for alpha = 1, 2.1e-10 for alpha = 10); a lower
 # threshold (5: error 6.7e-3 at x = 5..6) fails.
@@ -69,7 +71,7 @@ FUSED_TOLERANCE = {"softplus": math.exp(-20) / 1, "psoftplus": math.exp(-20) / 1
 
 @pytest.mark.parametrize("name", list(FUSED_TOLERANCE))
 def test_gpu_fused_forms_match_closed_form_float64(acts, name, monkeypatch):
-    monkeypatch.setattr(acts, "fused", lambda x: True)
+    monkeypatch.setattr(sat_kernels, "fused", lambda x: True)
     act = acts.make_activation(name).double()
     got = act(torch.tensor(X, dtype=torch.float64)).detach().numpy()
     np.testing.assert_allclose(got, CLOSED_FORMS[name](X), rtol=1e-12, atol=FUSED_TOLERANCE[name])
@@ -173,7 +175,7 @@ def test_gpu_forms_run_with_autocast_off(acts, name, monkeypatch):
     """CUDA autocast runs softplus, log1p, exp ... in float32: inside a bf16 network that made each activation
     map float32 (an H200 measured the cost). This file's activations turn autocast off around their own
     forward; the kernels of the GPU form must see it off (spied here with the CPU's autocast)."""
-    monkeypatch.setattr(acts, "fused", lambda x: True)
+    monkeypatch.setattr(sat_kernels, "fused", lambda x: True)
     seen = []
     for mod, fn in [(torch.nn.functional, "softplus"), (torch.nn.functional, "elu"), (torch, "log1p")]:
         real = getattr(mod, fn)
@@ -190,15 +192,14 @@ def test_gpu_forms_run_with_autocast_off(acts, name, monkeypatch):
     assert seen and not any(seen)
 
 
-# Each activation is written twice in stage 01: the plain formula autograd differentiates (FAST_PATHS = False)
-# and the fast path the modules use by default. Both must be the same function with the same derivative
+# Each activation is written twice: the plain formula autograd differentiates (stage 01's class, what a user copies)
+# and its fast path on sat_kernels.py's kernels (stage 01's Fast* subclass, what make_activation builds). Both must be the same function with the same derivative
 # (micrograd's habit: build it both ways in float64, compare forward and backward), at large |x| and at 0 too.
 X_AGREE = [-800.0, -50.0, -6.0, -1.0, -0.3, -1e-3, 0.0, 1e-3, 0.3, 1.0, 6.0, 50.0, 800.0]
 
 
-def _value_and_grads(acts, make, fast, monkeypatch):
+def _value_and_grads(make):
     """f(x), df/dx and, for SmoothReLU, df/dbeta summed (alpha = beta^2, so the alpha gradient times 2 beta)."""
-    monkeypatch.setattr(acts, "FAST_PATHS", fast)
     torch.manual_seed(0)
     act = make().double()
     x = torch.tensor(X_AGREE, dtype=torch.float64, requires_grad=True)
@@ -210,14 +211,15 @@ def _value_and_grads(acts, make, fast, monkeypatch):
     return [y.detach()] + list(grads)
 
 
-@pytest.mark.parametrize("name, make", [("softplus alpha 1", lambda acts: acts.ParametricSoftplus(1.0)),
-                                        ("psoftplus alpha 10", lambda acts: acts.ParametricSoftplus(10.0)),
-                                        ("smoothrelu", lambda acts: acts.SmoothReLU(400.0)),
-                                        ("smoothrelu alpha 3", lambda acts: acts.SmoothReLU(3.0)),
-                                        ("elu", lambda acts: acts.ELU())])
-def test_plain_formula_and_fast_path_agree_float64(acts, name, make, monkeypatch):
-    plain = _value_and_grads(acts, lambda: make(acts), False, monkeypatch)
-    fast = _value_and_grads(acts, lambda: make(acts), True, monkeypatch)
+@pytest.mark.parametrize("name, make", [
+    ("softplus alpha 1", lambda acts, fast: (acts.FastParametricSoftplus if fast else acts.ParametricSoftplus)(1.0)),
+    ("psoftplus alpha 10", lambda acts, fast: (acts.FastParametricSoftplus if fast else acts.ParametricSoftplus)(10.0)),
+    ("smoothrelu", lambda acts, fast: (acts.FastSmoothReLU if fast else acts.SmoothReLU)(400.0)),
+    ("smoothrelu alpha 3", lambda acts, fast: (acts.FastSmoothReLU if fast else acts.SmoothReLU)(3.0)),
+    ("elu", lambda acts, fast: acts.FastELU() if fast else acts.ELU())])
+def test_plain_formula_and_fast_path_agree_float64(acts, name, make):
+    plain = _value_and_grads(lambda: make(acts, False))
+    fast = _value_and_grads(lambda: make(acts, True))
     assert len(plain) == len(fast) == (3 if "smoothrelu" in name else 2)   # value, x-gradient (, alpha-gradient)
     for what, p, f in zip(["value", "x-gradient", "alpha-gradient"], plain, fast):
         assert torch.isfinite(p).all() and torch.isfinite(f).all(), what
@@ -230,10 +232,20 @@ def test_plain_formula_and_fast_path_agree_float64(acts, name, make, monkeypatch
 
 
 @pytest.mark.parametrize("name", list(CLOSED_FORMS))
-def test_plain_formulas_match_closed_form_and_gradcheck_float64(acts, name, monkeypatch):
-    monkeypatch.setattr(acts, "FAST_PATHS", False)
-    act = acts.make_activation(name).double()
+def test_plain_formulas_match_closed_form_and_gradcheck_float64(acts, name):
+    act = acts.make_activation(name, fast=False).double()
     got = act(torch.tensor(X, dtype=torch.float64)).detach().numpy()
     np.testing.assert_allclose(got, CLOSED_FORMS[name](X), rtol=1e-12, atol=1e-12)
     x = torch.tensor([-3.0, -0.7, -0.05, 0.03, 0.4, 2.5], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(act, (x,))
+
+
+@pytest.mark.parametrize("name, plain, fast", [("softplus", "ParametricSoftplus", "FastParametricSoftplus"),
+                                               ("psoftplus", "ParametricSoftplus", "FastParametricSoftplus"),
+                                               ("smoothrelu", "SmoothReLU", "FastSmoothReLU"), ("elu", "ELU", "FastELU")])
+def test_models_are_built_on_the_fast_paths_and_the_plain_formulas_on_request(acts, name, plain, fast):
+    """What the stages train with (make_activation's default) is the fast path; fast=False gives the formula a user
+    copies; the fast one is an instance of the plain class (RELU_ROLE) with the same parameters."""
+    a, b = acts.make_activation(name), acts.make_activation(name, fast=False)
+    assert type(a).__name__ == fast and type(b).__name__ == plain and isinstance(a, type(b))
+    assert isinstance(a, acts.RELU_ROLE) and a.state_dict().keys() == b.state_dict().keys()

@@ -66,9 +66,9 @@ def test_functional_activations_are_refused_with_one_line(name):
 
 def test_functional_check_ignores_the_activation_modules_own_calls():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), acts.make_activation("psoftplus"))
-    assert acts.functional_activations(model, torch.rand(1, 3, 8, 8)) == set()
+    assert sat_models.functional_activations(model, torch.rand(1, 3, 8, 8)) == set()
 
     class Functional(nn.Module):
         def forward(self, x):
             return torch.nn.functional.gelu(x) + x.relu()
-    assert acts.functional_activations(Functional(), torch.rand(2)) == {"gelu", "relu"}
+    assert sat_models.functional_activations(Functional(), torch.rand(2)) == {"gelu", "relu"}
