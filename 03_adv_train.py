@@ -52,6 +52,7 @@ from sat_training_run import TrainingDiverged  # noqa: F401  (raised by train();
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
+pgd = attack.pgd   # the attacker of the training step (stage 02)
 
 OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "03_adv_train")
 SMOOTH_GRAD_MODES = ("none", "attacker", "optimizer", "both")
@@ -108,44 +109,69 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The training step: the one piece of this file to copy into your own code
+# The training step (Eq. 1): the piece of this file to copy into your own code, beside stage 02's pgd
 
-def adversarial_training_step(model, x, y, optimizer, eps, step, steps, rand_start_prob=1.0,
-                              smooth_grad="none", label_smoothing=0.0, scaler=None, autocast=nullcontext,
-                              attack_model=None):
-    """One step of (smooth) adversarial training. x: (B, C, H, W) pixels in [0, 1]; y: (B,).
+def adversarial_training_step(model, x, y, optimizer, eps, step, steps, rand_start_prob=1.0, label_smoothing=0.0,
+                              attack_model=None, autocast=None, scaler=None):
+    """One step of adversarial training (Eq. 1). x: (B, C, H, W) pixels in [0, 1]; y: (B,); eps, step in [0, 1] units.
+    Inner max: x_adv = pgd(x), PGD-`steps` (stage 02; BatchNorm statistics frozen inside); steps = 0 is standard
+    training (x_adv = x). Outer min: one optimizer step on the cross-entropy of model(x_adv).
+    attack_model: the model the attacker queries, if not `model` (the bare module under DistributedDataParallel, so
+    that the attack syncs neither gradients nor buffers); autocast: a function returning the mixed-precision context
+    (None: full precision); scaler: torch.amp.GradScaler for fp16 (bf16 and fp32 need none).
+    Returns (loss, logits on x_adv), detached."""
+    amp = autocast or nullcontext
+    x_adv = x
+    if steps > 0:
+        with amp():
+            x_adv = pgd(attack_model or model, x, y, eps, step, steps, rand_start_prob)
+    model.train()
+    with amp():
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:                             # fp16: the loss scaled against underflow, the step skipped on inf/NaN
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), logits.detach()
 
-    Inner max: x_adv = PGD(x) with the smooth backward on iff smooth_grad in (attacker, both) (Table 1).
-    Outer min: SGD on L(f(x_adv), y) with the smooth backward on iff smooth_grad in (optimizer, both).
-    steps = 0 means standard training (x_adv = x). `attack_model` is the model the attacker queries: the
-    bare module under DistributedDataParallel, so the attack neither syncs gradients nor buffers.
-    Returns (loss, logits on x_adv), detached.
-    """
+
+# ---- Table 1 (optional): ReLU forward, smooth backward for the attacker, the optimizer or both --------------
+
+def smooth_grad_step(model, x, y, optimizer, eps, step, steps, rand_start_prob=1.0, smooth_grad="none", **kw):
+    """adversarial_training_step with Table 1's switch, for a model whose ReLUs are stage 01's SmoothGradReLU: their
+    smooth backward (sigmoid(10 x) for ReLU's step) on for the attacker's gradient iff smooth_grad is attacker or
+    both, for the optimizer's iff optimizer or both. smooth_grad='none' is adversarial_training_step itself.
+    kw: adversarial_training_step's other settings. Returns what it returns."""
     # a typo, or a model without SmoothGradReLU, would silently train plain ReLU: refuse (Python objects only, no sync)
     if smooth_grad not in SMOOTH_GRAD_MODES:
         raise ValueError(f"unknown smooth_grad {smooth_grad!r}; accepted: {', '.join(SMOOTH_GRAD_MODES)}")
-    if smooth_grad != "none" and not any(isinstance(m, acts.SmoothGradReLU) for m in model.modules()):
+    if smooth_grad == "none":
+        return adversarial_training_step(model, x, y, optimizer, eps, step, steps, rand_start_prob, **kw)
+    if not acts.switchable_relus(model):
         raise ValueError(f"smooth_grad={smooth_grad!r}: the model has no switchable ReLU (stage 01's SmoothGradReLU), so it "
                          "would change nothing; swap them in first: acts.swap_activations(model, 'relu', smooth_grad=True)")
-    if steps > 0:
-        with acts.smooth_backward(model, smooth_grad in ("attacker", "both")), autocast():
-            x_adv = attack.pgd(attack_model or model, x, y, eps, step, steps, rand_start_prob)   # BN frozen inside
-    else:
-        x_adv = x
-    model.train()
+    # the flag is read at forward time: on the attacker's forward passes (inside pgd) as the attacker's row says,
+    # on the training forward pass as the optimizer's says
+    kw["attack_model"] = SmoothBackward(kw.get("attack_model") or model, smooth_grad in ("attacker", "both"))
     with acts.smooth_backward(model, smooth_grad in ("optimizer", "both")):
-        with autocast():
-            logits = model(x_adv)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:        # fp16 needs loss scaling; bf16 and fp32 do not
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-    return loss.detach(), logits.detach()
+        return adversarial_training_step(model, x, y, optimizer, eps, step, steps, rand_start_prob, **kw)
+
+
+class SmoothBackward(torch.nn.Module):
+    """`model` with the smooth backward of its SmoothGradReLUs on (or off) in each of its forward passes."""
+
+    def __init__(self, model, on):
+        super().__init__()
+        self.model, self.on = model, on
+
+    def forward(self, x):
+        with acts.smooth_backward(self.model, self.on):
+            return self.model(x)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -314,9 +340,9 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         for i, (x, y) in run.batches(epoch):          # after a restart: from the step the checkpoint had reached
             x = x.to(device, non_blocking=True).to(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
-            loss, logits = adversarial_training_step(
-                fwd_model, x, y, optimizer, eps, step, steps, cfg.rand_start_prob, cfg.smooth_grad,
-                cfg.label_smoothing, scaler, autocast, attack_model)
+            loss, logits = smooth_grad_step(fwd_model, x, y, optimizer, eps, step, steps, cfg.rand_start_prob, cfg.smooth_grad,
+                                            label_smoothing=cfg.label_smoothing, attack_model=attack_model,
+                                            autocast=autocast, scaler=scaler)   # Table 1's switch around Eq. 1
             scheduler.step()
             run.after_step(i, loss, logits, y)        # running loss and accuracy; stop if diverged; mid-epoch checkpoint
         check_clean, check_pgd10 = evaluate_check(model, x_check, y_check, eps, autocast)

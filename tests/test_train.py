@@ -108,7 +108,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
                                             ("optimizer", {"update"}), ("both", {"attack", "update"})])
 def test_smooth_grad_switch_only_where_asked(train_mod, tmp_path, monkeypatch, mode, expected):
     phase, used = ["update"], set()
-    real_apply, real_pgd = train_mod.acts._ReLUWithSmoothGrad.apply, train_mod.attack.pgd
+    real_apply, real_pgd = train_mod.acts._ReLUWithSmoothGrad.apply, train_mod.pgd
 
     def spy_apply(*args):
         used.add(phase[0])
@@ -121,11 +121,11 @@ def test_smooth_grad_switch_only_where_asked(train_mod, tmp_path, monkeypatch, m
         finally:
             phase[0] = "update"
     monkeypatch.setattr(train_mod.acts._ReLUWithSmoothGrad, "apply", spy_apply)
-    monkeypatch.setattr(train_mod.attack, "pgd", spy_pgd)
+    monkeypatch.setattr(train_mod, "pgd", spy_pgd)   # the name the training step calls
     model = sat_models.build_model({"dataset": "digits", "model": "digitsnet", "num_classes": 10, "act": "relu", "smooth_grad": mode})
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = sat_data.digits_tensors("train")
-    train_mod.adversarial_training_step(model, x[:16], y[:16], opt, 0.1, 0.1, 1, smooth_grad=mode)
+    train_mod.smooth_grad_step(model, x[:16], y[:16], opt, 0.1, 0.1, 1, smooth_grad=mode)
     assert used == expected
 
 
@@ -244,11 +244,11 @@ def test_smooth_grad_on_a_model_without_switchable_relu_is_refused(train_mod, mo
     before = {k: v.clone() for k, v in net.state_dict().items()}
     for mode in ("attacker", "optimizer", "both"):
         with pytest.raises(ValueError, match=r"the model has no switchable ReLU .*smooth_grad=True"):
-            train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad=mode)
+            train_mod.smooth_grad_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad=mode)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())   # refused before any step
-    train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="none")   # plain training is fine
+    train_mod.smooth_grad_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="none")   # plain training is fine
     train_mod.acts.swap_activations(net, "relu", smooth_grad=True)                           # the fix the message names
-    train_mod.adversarial_training_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="attacker")
+    train_mod.smooth_grad_step(net, x, y, opt, 0.1, 0.1, 1, smooth_grad="attacker")
 
 
 def test_unknown_smooth_grad_mode_is_refused(train_mod):
@@ -257,7 +257,7 @@ def test_unknown_smooth_grad_mode_is_refused(train_mod):
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     for typo in ("atacker", True, "Both"):
         with pytest.raises(ValueError, match="unknown smooth_grad .*; accepted: none, attacker, optimizer, both"):
-            train_mod.adversarial_training_step(model, x, y, opt, 0.1, 0.1, 1, smooth_grad=typo)
+            train_mod.smooth_grad_step(model, x, y, opt, 0.1, 0.1, 1, smooth_grad=typo)
 
 
 INTERNAL = {"num_classes", "out"}   # filled from the data set; the run folder (--out names the runs folder)
@@ -341,11 +341,11 @@ def test_a_training_step_reads_no_tensor_value(train_mod, acts, monkeypatch, act
     x, y = sat_data.digits_tensors("train")
     x, y = x[:16], y[:16]
     eps = 64 / 255
-    train_mod.adversarial_training_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)   # optimizer state made
+    train_mod.smooth_grad_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)   # optimizer state made
     reads = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, _name=name, **k: (reads.append((_name, t.shape)), _real(t, *a, **k))[1])
-    train_mod.adversarial_training_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)
+    train_mod.smooth_grad_step(model, x, y, opt, eps, eps, 1, 1.0, smooth_grad)
     monkeypatch.undo()
     assert reads == [("item", torch.Size([]))], reads   # the coin
