@@ -32,9 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sat_kernels
-import sat_plumbing
-
-# ----------------------------------------------------------------------------------------------------
+# Settings
+import sat_cli
 # Settings
 PSOFTPLUS_ALPHA = 10.0     # Parametric Softplus sharpness alpha (paper: 10); also the smooth-backward alpha
 SMOOTHRELU_ALPHA = 400.0   # SmoothReLU alpha at initialisation; learnable (released code: alpha = beta^2, beta0 = 20)
@@ -315,7 +314,7 @@ def draw_figure2(path: str):
 
 
 def main(argv=None):
-    parser = sat_plumbing.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = sat_cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--act", default=None, help=f"show one activation only; one of {', '.join(ACTIVATIONS)}")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
     args = parser.parse_args(argv)
@@ -323,8 +322,8 @@ def main(argv=None):
         try:
             check_activation_name(args.act)
         except ValueError as e:
-            raise sat_plumbing.UserError(str(e))
-    sat_plumbing.check_out_dir(args.out)
+            raise sat_cli.UserError(str(e))
+    sat_cli.check_out_dir(args.out)
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
@@ -347,4 +346,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_plumbing.run_cli(main)
+    sat_cli.run_cli(main)

@@ -38,14 +38,14 @@ import torch.nn.functional as F
 
 import sat_data
 import sat_models
-import sat_plumbing
-
-# ----------------------------------------------------------------------------------------------------
 # Settings (pixel units: 4 means 4/255; converted to [0, 1] units by `px` and nowhere else)
+import sat_cli
 # default eps per data set (see README for digits; Fashion-MNIST: 0.1 = 25.5/255, the literature's usual choice)
+import sat_files
+import sat_processes
 EPS_PX = {"digits": 64.0, "cifar10": 8.0, "fashionmnist": 25.5, "imagenet": 4.0}
 STEPS = [1, 2, 5, 10, 20, 50, 100, 200]                      # PGD-k budgets printed by main()
-OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "02_pgd")
+OUT_DIR = os.path.join(sat_files.RUNS_DIR, "02_pgd")
 
 
 def px(value_in_pixels: float) -> float:
@@ -187,7 +187,7 @@ def check_pixels(x):
 def check_px(flag: str, value: float, zero_ok: bool = False) -> float:
     """A radius or step size given on a command line, in pixel units: one error line unless it is a finite
     number in (0, 255] ([0, 255] with zero_ok, where 0 means "the default"). 255 is the whole pixel range."""
-    return sat_plumbing.check_number(flag, value, 0, 255, lo_open=not zero_ok,
+    return sat_cli.check_number(flag, value, 0, 255, lo_open=not zero_ok,
                                      hint=" (pixel units: 4 means 4/255" + ("; 0 = the default)" if zero_ok else ")"))
 
 
@@ -230,7 +230,7 @@ def draw_examples(model, x, y, x_adv, path, n=5):
 
 
 def main(argv=None):
-    parser = sat_plumbing.ArgumentParser(description="PGD attack on the standard digits model")
+    parser = sat_cli.ArgumentParser(description="PGD attack on the standard digits model")
     parser.add_argument("--eps", type=float, default=EPS_PX["digits"], help="L-inf radius, pixel units (64 = 64/255)")
     parser.add_argument("--steps", type=int, nargs="+", default=STEPS, help="PGD step counts to try")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
@@ -240,14 +240,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_px("--eps", args.eps)
     for k in args.steps:
-        sat_plumbing.check_number("--steps", k, 1, 100_000)
-    sat_plumbing.check_number("--seed", args.seed, 0, 2**32 - 1)
-    sat_plumbing.check_out_dir(args.out)
+        sat_cli.check_number("--steps", k, 1, 100_000)
+    sat_cli.check_number("--seed", args.seed, 0, 2**32 - 1)
+    sat_cli.check_out_dir(args.out)
 
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     t0 = time.time()
-    device = sat_plumbing.pick_device(args.device)
+    device = sat_processes.pick_device(args.device)
     model, _ = standard_digits_model(args.out, device, args.seed, quiet=args.quiet)
     x, y = (t.to(device) for t in sat_data.digits_tensors("test"))   # (500, 1, 8, 8), (500,)
     check_pixels(x)
@@ -281,4 +281,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_plumbing.run_cli(main)
+    sat_cli.run_cli(main)

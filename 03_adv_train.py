@@ -43,23 +43,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+import sat_cli
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
+import sat_seeds
+import sat_smoke
 import sat_training_run
-from sat_plumbing import setting
+from sat_cli import setting
 from sat_training_run import TrainingDiverged  # noqa: F401  (raised by train(); importable from here)
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 pgd = attack.pgd   # the attacker of the training step (stage 02)
 
-OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "03_adv_train")
+OUT_DIR = os.path.join(sat_files.RUNS_DIR, "03_adv_train")
 SMOOTH_GRAD_MODES = ("none", "attacker", "optimizer", "both")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Settings: each declared once; the command line and its checks are generated from them (sat_plumbing.setting)
+# Settings: each declared once; the command line and its checks are generated from them (sat_cli.setting)
 
 @dataclass
 class Config:
@@ -216,7 +219,7 @@ def preset_config(dataset="digits", **overrides) -> Config:
     """The preset of `dataset` with `overrides` on top. A preset's step_x_eps sets the attack step to that
     multiple of eps (of the overridden eps too), unless attack_step is given."""
     if dataset not in PRESETS:
-        raise sat_plumbing.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
+        raise sat_cli.UserError(f"unknown dataset {dataset!r}; accepted: {', '.join(PRESETS)}")
     settings = {"dataset": dataset, **PRESETS[dataset], **overrides}
     step_x_eps = settings.pop("step_x_eps", None)
     if step_x_eps and not settings.get("attack_step"):
@@ -226,9 +229,9 @@ def preset_config(dataset="digits", **overrides) -> Config:
 
 def validate(cfg: Config) -> Config:
     """Every bad setting is one UserError line naming the value and what is accepted (Config's ranges, names)."""
-    sat_plumbing.check_settings(Config, vars(cfg))
+    sat_cli.check_settings(Config, vars(cfg))
     if cfg.smooth_grad != "none" and cfg.act != "relu":
-        raise sat_plumbing.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
+        raise sat_cli.UserError(f"--smooth-grad {cfg.smooth_grad} applies to --act relu only, not {cfg.act!r}")
     sat_models.check_model_name(cfg.model, cfg.dataset)
     return cfg
 
@@ -293,7 +296,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     """Train one configuration to the end and return the path of its final.pt. resume=True continues from its
     checkpoint.pt if there is one, so the same command restarted after a crash at any moment ends with the
     weights of an uninterrupted run. `run` (sat_training_run.Run) holds that bookkeeping; skip it on a first read."""
-    cfg = Config(**sat_plumbing.smoke_settings("train", dataclasses.asdict(validate(cfg))))   # SAT_SMOKE=1: seconds of work
+    cfg = Config(**sat_smoke.smoke_settings("train", dataclasses.asdict(validate(cfg))))   # SAT_SMOKE=1: seconds of work
     run = sat_training_run.Run(cfg, run_name(cfg), cfg.out or os.path.join(OUT_DIR, run_name(cfg)),
                                resume, force, stop_after_epoch, quiet)   # skip, resume or start? torchrun's rank
     if run.finished:                                   # trained already, with the same settings
@@ -303,7 +306,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         torch.set_num_threads(cfg.threads)
 
     # Data
-    sat_plumbing.seed_everything(cfg.seed)
+    sat_seeds.seed_everything(cfg.seed)
     train_ds = sat_data.get_dataset(cfg.dataset, "train", cfg.data, cfg.image_size, cfg.download)
     cfg.num_classes = sat_data.num_classes_of(cfg.dataset, train_ds)
     if cfg.val_size:   # a validation split, held out of training: the check may choose an epoch (best.pt)
@@ -358,12 +361,12 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
 # Command line: a sweep of configurations (default: everything the paper compares, on digits, seed 0)
 
 def parse_args(argv=None):
-    p = sat_plumbing.ArgumentParser(
+    p = sat_cli.ArgumentParser(
         description="(Smooth) adversarial training; see the module docstring. Each setting comes from Config.",
         epilog="example, ReLU, Table 1's 'both' row and SiLU, seeds 0-2 (9 runs):\n"
                "  python 03_adv_train.py --act relu silu --smooth-grad none both --seeds 3",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sat_plumbing.add_settings(p, Config, PRESETS, skip=("out",), many=("model", "act", "smooth_grad"), defaults={
+    sat_cli.add_settings(p, Config, PRESETS, skip=("out",), many=("model", "act", "smooth_grad"), defaults={
         "act": "all, one run each", "smooth_grad": "all four with relu", "seed": "the seeds of --seeds",
         "image_size": "the model's usual one (224 for ResNets)",
         "attack_step": "0; the fashionmnist preset: 1.25 x eps"})
@@ -377,4 +380,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_plumbing.run_cli(main)
+    sat_cli.run_cli(main)

@@ -62,16 +62,19 @@ import time
 
 import torch
 
+import sat_cli
+import sat_files
 import sat_models
-import sat_plumbing
+import sat_processes
 import sat_report
 import sat_shards
+import sat_smoke
 from sat_report import PAPER_FIGURE3, PAPER_TABLE1, aggregate, fmt, paper_numbers  # noqa: F401 (notebooks: ev.aggregate, ...)
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 
-OUT_DIR = os.path.join(sat_plumbing.RUNS_DIR, "04_eval")
+OUT_DIR = os.path.join(sat_files.RUNS_DIR, "04_eval")
 PGD_STEPS = [1, 10, 50, 200]            # the steps check; 200 is the paper's evaluation attacker
 EPS_FACTORS = [0.5, 1, 2, 4, 8]         # the eps check, PGD-20 at these multiples of the checkpoint's eps
 APGD_STEPS = 100                        # torchattacks APGD iterations (AutoAttack's default is 100)
@@ -98,7 +101,7 @@ def pgd_step(eps, steps):
 def pgd_robust(model, x, y, eps, steps, u, max_steps=None):
     """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, step pgd_step), starting at eps * u: u holds
     each image's own random direction (random_starts). max_steps: stop every PGD there (the command tests'
-    SAT_SMOKE=1, see sat_plumbing.smoke_settings)."""
+    SAT_SMOKE=1, see sat_smoke.smoke_settings)."""
     return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), min(steps, max_steps or steps), delta0=eps * u) == -1
 
 
@@ -383,7 +386,7 @@ def evaluate_checkpoint(path, args, device, position=0):
     subset = args.subset if cfg["dataset"] == "imagenet" else "all"   # RobustBench's list names ImageNet images
     key = sat_report.cache_key(path, args, cfg, s, subset)
     cache = sat_report.cache_file(path, args)
-    saved = sat_shards.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or sat_report.result_of_same_final(path, ckpt, args, s, subset))
+    saved = sat_processes.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or sat_report.result_of_same_final(path, ckpt, args, s, subset))
     if saved is not None:
         return saved, True
     images = sat_report.test_images(cfg, args.data, args.limit, subset)
@@ -401,7 +404,7 @@ def evaluate_checkpoint(path, args, device, position=0):
                act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
                eps_px=eps_px, epochs=ckpt.get("epoch"), subset=subset, checkpoint=ckpt.get("selected", "final"),
                recipe={**sat_report.recipe(cfg), **({"checkpoint": "best"} if ckpt.get("selected") == "best" else {})})
-    sat_shards.write_json(cache, {"key": key, "result": res})
+    sat_files.write_json(cache, {"key": key, "result": res})
     run.remove_parts()
     return res, False
 
@@ -417,8 +420,8 @@ def evaluate_job(job):
 # ---- main ----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    p = sat_plumbing.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
-    p.add_argument("--runs", default=sat_plumbing.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
+    p = sat_cli.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
+    p.add_argument("--runs", default=sat_files.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
     p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
     p.add_argument("--results", default=None, help="also copy the tables and the per-run and per-image results (small "
                    "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
@@ -442,20 +445,20 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
                    "thread each (default: one per core on the CPU, 1 on a GPU; under torchrun: 1, the images are split)")
     args = p.parse_args(argv)
-    sat_plumbing.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
-    sat_plumbing.check_number("--block", args.block, 1, math.inf)
+    sat_cli.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
+    sat_cli.check_number("--block", args.block, 1, math.inf)
     if args.batch_size is not None:
-        sat_plumbing.check_number("--batch-size", args.batch_size, 1, math.inf)
-    sat_plumbing.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
-    sat_plumbing.check_number("--square-queries", args.square_queries, 1, 1_000_000)
-    sat_plumbing.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
-    rank, world = sat_shards.world()
+        sat_cli.check_number("--batch-size", args.batch_size, 1, math.inf)
+    sat_cli.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
+    sat_cli.check_number("--square-queries", args.square_queries, 1, 1_000_000)
+    sat_processes.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
+    rank, world, _ = sat_processes.world()
     if world > 1 and (args.jobs or 1) > 1:
-        raise sat_plumbing.UserError("--jobs > 1 under torchrun: the processes already share each checkpoint's images")
+        raise sat_cli.UserError("--jobs > 1 under torchrun: the processes already share each checkpoint's images")
     if args.eps is not None:
         attack.check_px("--eps", args.eps)
     args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
-    vars(args).update(sat_plumbing.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
+    vars(args).update(sat_smoke.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
     if "best" in args.checkpoint and args.out == OUT_DIR:
         args.out = OUT_DIR + "_best"   # tables of their own: rows "[best epoch]" beside the final ones if both asked
     paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
@@ -463,25 +466,25 @@ def main(argv=None):
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     attacks_at_full_precision()
-    device = sat_shards.start(sat_plumbing.pick_device(args.device))   # under torchrun: its process group, its GPU
+    device = sat_processes.start(sat_processes.pick_device(args.device))   # under torchrun: its process group, its GPU
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"evaluating {len(paths)} checkpoint(s) on {device}" + (f" x {world} processes" if world > 1 else "") +
         f"; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} (step max(eps/4, eps/k); eps/4 for 200), "
         f"PGD-200 through the smooth backward (ReLU models), APGD-CE/DLR and APGD-T ({args.apgd_steps} steps), "
         f"Square ({args.square_queries} queries)" + (", AutoAttack (reference)" if args.autoattack else ""))
     say(sat_report.ROW_HEADER)
-    jobs = 1 if world > 1 else min(args.jobs or (sat_plumbing.cpu_count() if device.type == "cpu" else 1), len(paths))
-    jobs = sat_plumbing.smoke_settings("eval", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
+    jobs = 1 if world > 1 else min(args.jobs or (sat_processes.cpu_count() if device.type == "cpu" else 1), len(paths))
+    jobs = sat_smoke.smoke_settings("eval", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
     if world > 1 and device.type == "cpu":
         torch.set_num_threads(1)   # as in_processes: one thread per process, the same numbers as one process
     t_all = time.time()
-    results = [None] * len(paths)   # one process per checkpoint (sat_plumbing.in_processes); the same numbers as --jobs 1
-    for i, (r, cached, sec) in sat_plumbing.in_processes(evaluate_job, [(path, args, str(device), i % jobs)
+    results = [None] * len(paths)   # one process per checkpoint (sat_processes.in_processes); the same numbers as --jobs 1
+    for i, (r, cached, sec) in sat_processes.in_processes(evaluate_job, [(path, args, str(device), i % jobs)
                                                                          for i, path in enumerate(paths)], jobs):
         results[i] = r
         if rank == 0:
             sat_report.print_row(r, cached, sec)
-    sat_shards.stop()
+    sat_processes.stop()
     if rank == 0:
         comparisons = compare_with_relu(results)
         sat_report.report(results, comparison_table(comparisons) if comparisons else None, args.out, PGD_STEPS, MARGIN, t_all,
@@ -489,4 +492,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_plumbing.run_cli(main)
+    sat_cli.run_cli(main)

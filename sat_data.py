@@ -18,7 +18,7 @@ import os
 import numpy as np
 import torch
 
-from sat_plumbing import UserError
+from sat_cli import UserError
 
 DATASETS = ("digits", "cifar10", "fashionmnist", "imagenet")
 # per-channel mean/std used by the model's Normalize layer

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from sat_data import STATS
-from sat_plumbing import UserError, load_checkpoint
+from sat_cli import UserError
+from sat_files import load_checkpoint
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the model's first layer (STYLE rule 4)."""

@@ -16,9 +16,10 @@ import time
 
 import torch
 
+import sat_cli
 import sat_data
-import sat_plumbing
-import sat_shards
+import sat_files
+import sat_processes
 
 acts = importlib.import_module("01_activations")
 
@@ -52,21 +53,21 @@ def checkpoints_to_evaluate(runs, out, which="final"):
     """find_checkpoints(runs, which) once --runs and --out are usable, or a one-line error that says what to run
     first. which="best": the runs without a validation split (no best.pt) are named in one note."""
     if os.path.isfile(runs):
-        raise sat_plumbing.UserError(f"--runs {runs!r} is a file; give the folder the stages wrote to (default: runs)")
+        raise sat_cli.UserError(f"--runs {runs!r} is a file; give the folder the stages wrote to (default: runs)")
     if not os.path.isdir(runs):
-        raise sat_plumbing.UserError(f"no outputs folder {runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
-    sat_plumbing.check_out_dir(out)
+        raise sat_cli.UserError(f"no outputs folder {runs!r}: run the earlier stages first (python 02_pgd.py, python 03_adv_train.py)")
+    sat_cli.check_out_dir(out)
     paths = find_checkpoints(runs, which)
     if which == "best":
         finals = find_checkpoints(runs)
         if not paths:
-            raise sat_plumbing.UserError(f"no best.pt under {runs!r}: only runs with a validation split have one "
+            raise sat_cli.UserError(f"no best.pt under {runs!r}: only runs with a validation split have one "
                                          f"(python 03_adv_train.py --val-size N; the fashionmnist and cifar10 presets hold one out)")
         lacking = len({os.path.dirname(p) for p in finals} - {os.path.dirname(p) for p in paths})
         if lacking:
             print(f"note: --checkpoint best: {lacking} run(s) without a validation split have no best.pt and are left out")
     if not paths:
-        raise sat_plumbing.UserError(f"no final.pt under {runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
+        raise sat_cli.UserError(f"no final.pt under {runs!r}: run python 03_adv_train.py (and python 02_pgd.py for the standard model) first")
     return paths
 
 
@@ -81,8 +82,8 @@ def robustbench_subset(ds, ids_file=ROBUSTBENCH_IDS):
     root = ds.root
     pick = [i for i, (p, _) in enumerate(ds.samples) if os.path.relpath(p, root).replace(os.sep, "/") in ids]
     if not pick:
-        raise sat_plumbing.UserError(f"--subset robustbench: none of the {len(ids)} listed images is under {root!r}")
-    if len(pick) < len(ids) and sat_shards.world()[0] == 0:
+        raise sat_cli.UserError(f"--subset robustbench: none of the {len(ids)} listed images is under {root!r}")
+    if len(pick) < len(ids) and sat_processes.world()[0] == 0:
         print(f"note: --subset robustbench: {len(pick)} of the {len(ids)} listed images are under {root!r}")
     return pick
 
@@ -94,7 +95,7 @@ def test_images(cfg, data_dir, limit, subset="all"):
     idx = list(range(len(ds)))
     if subset == "robustbench":
         if cfg["dataset"] != "imagenet":
-            raise sat_plumbing.UserError(f"--subset robustbench is a list of ImageNet images; this checkpoint is {cfg['dataset']}")
+            raise sat_cli.UserError(f"--subset robustbench is a list of ImageNet images; this checkpoint is {cfg['dataset']}")
         idx = robustbench_subset(ds)
     if limit:
         idx = idx[:limit]
@@ -111,7 +112,7 @@ def cache_key(path, args, cfg, attack_settings, subset="all"):
     """Everything that changes a checkpoint's results, and nothing that does not (batch size, process count,
     --jobs): the checkpoint's CONTENT (sha256), its data folder, the image subset, eps, the attack settings."""
     data = os.path.abspath(args.data or cfg.get("data", "data")) if cfg["dataset"] != "digits" else "built-in"
-    return {"version": 3, "sha256": sat_shards.file_sha256(path), "data": data, "subset": subset,
+    return {"version": 3, "sha256": sat_files.file_sha256(path), "data": data, "subset": subset,
             "limit": args.limit, "eps": args.eps, **attack_settings}
 
 
@@ -122,7 +123,7 @@ def cache_file(path, args):
 
 def cached_result(cache, key):
     """The saved result when its key matches, else None."""
-    saved = sat_shards.read_json(cache)
+    saved = sat_files.read_json(cache)
     return saved["result"] if saved and saved.get("key") == key else None
 
 
@@ -132,7 +133,7 @@ def result_of_same_final(path, ckpt, args, s, subset):
     final = os.path.join(os.path.dirname(path), "final.pt")
     if ckpt.get("selected") != "best" or not os.path.isfile(final):
         return None
-    fin = sat_plumbing.load_checkpoint(final)
+    fin = sat_files.load_checkpoint(final)
     if fin.get("epoch") != ckpt.get("epoch") or any(not torch.equal(fin["model"][k], ckpt["model"][k]) for k in ckpt["model"]):
         return None
     r = cached_result(cache_file(final, args), cache_key(final, args, fin["config"], s, subset))

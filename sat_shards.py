@@ -6,9 +6,9 @@ How one checkpoint's test images are cut up, shared out, saved and shown:
             seeds each block's attacks by (seed, b) and each image's PGD start by (seed, image index)), so the
             process count and --batch-size change no result.
   shards    under `torchrun --nproc_per_node N`, process r of N takes blocks r, r+N, r+2N, ... (gloo on the CPU,
-            NCCL on GPUs, one GPU per process); the per-image results are gathered on rank 0, which alone prints
-            and writes files.
-  parts     each finished block is written atomically (a temporary file renamed over the final name) as
+            NCCL on GPUs, one GPU per process: sat_processes.start); the per-image results are gathered on rank 0,
+            which alone prints and writes files.
+  parts     each finished block is written atomically (sat_files.write_json) as
             <folder>/block-NNNNNN.json; a killed evaluation run again with the same command skips the blocks
             already there, whatever its process count. The folder's name holds the cache key, so parts made
             with other settings are never mixed in.
@@ -24,89 +24,13 @@ import time
 
 import torch
 
-
-# ---- processes (torchrun) ------------------------------------------------------------------------------------
-
-def world():
-    """(rank, world size) under torchrun; (0, 1) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def start(device):
-    """Join torchrun's process group, if any: gloo on the CPU, NCCL on CUDA (this process's GPU: LOCAL_RANK).
-    Returns the device this process uses."""
-    rank, size = world()
-    if size == 1:
-        return device
-    import torch.distributed as dist
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def stop():
-    if world()[1] > 1:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def gather(obj):
-    """Every process's obj, in rank order, on every process (one process: [obj])."""
-    if world()[1] == 1:
-        return [obj]
-    import torch.distributed as dist
-    out = [None] * world()[1]
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast(obj):
-    """Rank 0's obj on every process."""
-    if world()[1] == 1:
-        return obj
-    import torch.distributed as dist
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# ---- files: content hash, atomic JSON --------------------------------------------------------------------------
-
-def file_sha256(path, chunk=1 << 22):
-    """The checkpoint's content hash: a copy or a re-save with the same weights keeps its cached results, a
-    retrained run at the same path does not."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
+from sat_files import read_json, write_json
+from sat_processes import gather, world
 
 
 def key_hash(key):
+    """A short hash of a cache key: the name of the folder of a checkpoint's parts."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def write_json(path, obj):
-    """Write obj to path atomically: readers see the old file or the whole new one, never a part."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 # ---- one checkpoint's images: blocks, shards, parts, progress --------------------------------------------------
@@ -126,7 +50,7 @@ class Blocks:
     def __init__(self, n, block, parts_dir, desc="", position=0):
         self.n, self.block, self.parts_dir, self.desc, self.position = n, block, parts_dir, desc, position
         self.count = (n + block - 1) // block
-        rank, size = world()
+        rank, size, _ = world()
         self.mine = list(range(rank, self.count, size))
         self.rank = rank
 

@@ -18,9 +18,13 @@ from contextlib import redirect_stdout
 import torch
 import torch.distributed as dist
 
+import sat_cli
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
+import sat_processes
+import sat_seeds
+import sat_smoke
 
 COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd10_acc", "seconds"]   # log.csv
 
@@ -52,10 +56,10 @@ class Run:
     """
 
     def __init__(self, cfg, name, run_dir, resume=False, force=False, stop_after_epoch=None, quiet=False):
-        self.rank, self.world, local_rank = dist_info()
+        self.rank, self.world, local_rank = sat_processes.world()
         if cfg.batch_size % self.world:
-            raise sat_plumbing.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {self.world} processes")
-        self.device = sat_plumbing.pick_device(cfg.device)
+            raise sat_cli.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {self.world} processes")
+        self.device = sat_processes.pick_device(cfg.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
@@ -64,31 +68,31 @@ class Run:
         self.best_path = os.path.join(run_dir, "best.pt")   # with a validation split: the best epoch (Rice et al.)
         self.say = print if self.rank == 0 else (lambda *a, **k: None)
         if self.rank == 0:
-            sat_plumbing.check_out_dir(run_dir)
+            sat_cli.check_out_dir(run_dir)
 
         # Decide between a fresh start, a resume and a skip BEFORE anything is written.
         self.state, self.finished = None, False
         if os.path.isfile(self.final_path) and not force:
-            done = sat_plumbing.load_checkpoint(self.final_path)["config"]
+            done = sat_files.load_checkpoint(self.final_path)["config"]
             diff = [f"{k} {done.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
                     if done.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
             if diff:
-                raise sat_plumbing.UserError(f"{self.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
+                raise sat_cli.UserError(f"{self.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
             self.say(f"{name}: finished already ({self.final_path}); --force retrains it")
             self.finished = True
             return
         if resume and os.path.isfile(self.ckpt_path):
-            self.state = sat_plumbing.load_checkpoint(self.ckpt_path)   # corrupt / foreign: one line, exit 2, the file kept
+            self.state = sat_files.load_checkpoint(self.ckpt_path)   # corrupt / foreign: one line, exit 2, the file kept
             if self.state.get("kind") != "train":
-                raise sat_plumbing.UserError(f"{self.ckpt_path!r} is not a training checkpoint of stage 03")
+                raise sat_cli.UserError(f"{self.ckpt_path!r} is not a training checkpoint of stage 03")
             cfg = type(cfg)(**self.state["config"])                    # a resumed run keeps its own settings
         elif resume:
             self.say(f"{name}: no checkpoint at {self.ckpt_path} yet, starting from scratch")
         elif os.path.isfile(self.ckpt_path) and not force:
-            raise sat_plumbing.UserError(f"{self.ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
+            raise sat_cli.UserError(f"{self.ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
         self.cfg = cfg
         if self.rank == 0:
-            sat_plumbing.remove_stale_temporaries(run_dir)   # left by a process killed while writing a checkpoint
+            sat_files.remove_stale_temporaries(run_dir)   # left by a process killed while writing a checkpoint
             if self.state is None and os.path.isfile(self.best_path):
                 os.remove(self.best_path)                     # an earlier run's best epoch: this one starts over
 
@@ -103,7 +107,7 @@ class Run:
                                                    drop_last=True, persistent_workers=cfg.workers > 0)
         self.steps_per_epoch = min(len(self._loader), cfg.steps_per_epoch or len(self._loader))
         if self.steps_per_epoch == 0:
-            raise sat_plumbing.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
+            raise sat_cli.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
         return self._loader
 
     def restore(self, model, optimizer, scheduler, scaler):
@@ -120,7 +124,7 @@ class Run:
                 scaler.load_state_dict(state["scaler"])
             self.start_epoch, self.history = state["epoch"], list(state["metrics"]["history"])
             self.partial = state.get("partial")   # set when written in the middle of an epoch
-            sat_plumbing.set_rng_state(state["rng"])
+            sat_seeds.set_rng_state(state["rng"])
             self.say(f"{self.name}: resumed from {self.ckpt_path} after epoch {self.start_epoch}"
                      + (f" and {self.partial['step']} steps of epoch {self.start_epoch + 1}" if self.partial else ""))
         if self.world > 1:
@@ -144,7 +148,7 @@ class Run:
         return {"kind": "train", "model": self.bare.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
                 "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(self.cfg),
-                "rng": sat_plumbing.rng_state(), "rank_buffers": gather_buffers(self.bare, self.world),
+                "rng": sat_seeds.rng_state(), "rank_buffers": gather_buffers(self.bare, self.world),
                 "metrics": {"history": self.history, "catastrophic_overfitting_epoch": self.co_epoch}}
 
     def batches(self, epoch):
@@ -161,7 +165,7 @@ class Run:
         self.t0 = time.time() - (partial["seconds"] if partial else 0.0)
         batches = iter(self._loader)   # draws the loader's seed from the global RNG, as the uninterrupted run did ...
         if partial:                    # ... which had then trained `done` steps: continue from the RNG as it was then
-            sat_plumbing.set_rng_state(self.state["rng"])
+            sat_seeds.set_rng_state(self.state["rng"])
         self.partial = None
         self.bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
                         disable=self.quiet or self.rank != 0, initial=done, total=self.steps_per_epoch)
@@ -184,7 +188,7 @@ class Run:
             mid = self.checkpoint(self.epoch, {"step": i + 1, "loss_sum": self.loss_sum.item(), "correct": self.correct.item(),
                                                "seen": self.seen, "seconds": time.time() - self.t0})
             if self.rank == 0:
-                sat_plumbing.save_checkpoint(mid, self.ckpt_path)
+                sat_files.save_checkpoint(mid, self.ckpt_path)
 
     def end_epoch(self, lr, check_clean, check_pgd10):
         """The epoch's row (COLUMNS) and a warning ('' or why catastrophic overfitting is suspected)."""
@@ -213,8 +217,8 @@ class Run:
         self.ckpt = self.checkpoint(self.epoch + 1)
         if self.rank == 0:
             if self.is_best:   # before checkpoint.pt: a crash in between redoes this epoch, and writes it again
-                sat_plumbing.save_checkpoint({**self.ckpt, "finished": True, "selected": "best"}, self.best_path)
-            sat_plumbing.save_checkpoint(self.ckpt, self.ckpt_path)
+                sat_files.save_checkpoint({**self.ckpt, "finished": True, "selected": "best"}, self.best_path)
+            sat_files.save_checkpoint(self.ckpt, self.ckpt_path)
             write_csv(os.path.join(self.run_dir, "log.csv"), self.history)
         done, stop = self.epoch + 1, self.stop_after_epoch
         if stop is not None and done >= stop and done < self.cfg.epochs:
@@ -225,7 +229,7 @@ class Run:
     def finish(self):
         """final.pt (checkpoint.pt's dict, marked finished); returns its path."""
         if self.rank == 0:
-            sat_plumbing.save_checkpoint({**self.ckpt, "finished": True}, self.final_path)
+            sat_files.save_checkpoint({**self.ckpt, "finished": True}, self.final_path)
             total = sum(r["seconds"] for r in self.history)
             best = max(self.history, key=lambda r: r["check_pgd10_acc"]) if self.cfg.val_size else None
             self.say(f"{self.name}: trained in {total:.1f} s (the sum of its epochs) -> {self.final_path}"
@@ -252,21 +256,15 @@ class EpochSampler(torch.utils.data.DistributedSampler):
 
 
 def write_csv(path, history):
-    """log.csv, written to a temporary file and renamed over the old one: a kill never leaves half a file."""
-    with open(path + ".tmp", "w", newline="") as f:
+    """log.csv, written atomically (sat_files.atomic_write): a kill never leaves half a file."""
+    with sat_files.atomic_write(path, newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(history)
-    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Several processes (torchrun)
-
-def dist_info():
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain `python` run."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
 
 def restart_safe_store(rank):
     """The store the processes of a torchrun job meet in, under a prefix of their own for each restart.
@@ -274,7 +272,7 @@ def restart_safe_store(rank):
     read the dead workers' addresses (seen with torch 2.14 and gloo: 'Connection refused', the job fails)."""
     from datetime import timedelta
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise sat_plumbing.UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: start several processes with torchrun")
+        raise sat_cli.UserError("WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set: start several processes with torchrun")
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"   # torchrun hosts the store itself
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=rank == 0 and not agent_store,
                           timeout=timedelta(minutes=30))
@@ -330,26 +328,26 @@ def configs_from_args(stage, args) -> list:
     Config = stage.Config
     given = {k: v for k, v in vars(args).items() if v is not None and k in Config.__dataclass_fields__}
     # names and ranges are checked here, before the sweep is narrowed: an unknown name would silently select nothing
-    sat_plumbing.check_settings(Config, given)
+    sat_cli.check_settings(Config, given)
     smooth_modes = [m for m in args.smooth_grad or [] if m != "none"]   # 'none' suits every activation
     if smooth_modes and args.act and "relu" not in args.act:
-        raise sat_plumbing.UserError(f"--smooth-grad {' '.join(smooth_modes)} applies to --act relu only, not {' '.join(args.act)}")
-    sat_plumbing.check_number("--seeds", args.seeds, 1, 100_000)
+        raise sat_cli.UserError(f"--smooth-grad {' '.join(smooth_modes)} applies to --act relu only, not {' '.join(args.act)}")
+    sat_cli.check_number("--seeds", args.seeds, 1, 100_000)
     if args.stop_after_epoch is not None:
-        sat_plumbing.check_number("--stop-after-epoch", args.stop_after_epoch, 1, Config.__dataclass_fields__["epochs"].metadata["range"][1])
+        sat_cli.check_number("--stop-after-epoch", args.stop_after_epoch, 1, Config.__dataclass_fields__["epochs"].metadata["range"][1])
     sweep = [(a, m) for a, m in stage.SWEEP if (args.act is None or a in args.act)
              and (args.smooth_grad is None or m in args.smooth_grad)]
     if args.attack == "none":       # standard training: the smooth-backward rows do not apply
         sweep = [(a, m) for a, m in sweep if m == "none"]
     if not sweep:
-        raise sat_plumbing.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
-    sweep = sat_plumbing.smoke_settings("train", {"sweep": sweep})["sweep"]   # SAT_SMOKE=1: three show a sweep works
+        raise sat_cli.UserError("--attack none (standard training) leaves no run to do with --smooth-grad other than none")
+    sweep = sat_smoke.smoke_settings("train", {"sweep": sweep})["sweep"]   # SAT_SMOKE=1: three show a sweep works
     overrides = {k: v for k, v in given.items() if k not in ("act", "smooth_grad", "dataset", "out", "seed", "model")}
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
-    seeds = sat_plumbing.smoke_settings("train", {"seeds": seeds})["seeds"]   # SAT_SMOKE=1: two show a sweep works
+    seeds = sat_smoke.smoke_settings("train", {"seeds": seeds})["seeds"]   # SAT_SMOKE=1: two show a sweep works
     models = args.model or [stage.PRESETS[args.dataset]["model"]]
-    models = sat_plumbing.smoke_settings("train", {"models": models})["models"]   # SAT_SMOKE=1: two show a sweep works
-    out_root = sat_plumbing.check_out_dir(args.out) if args.out else stage.OUT_DIR
+    models = sat_smoke.smoke_settings("train", {"models": models})["models"]   # SAT_SMOKE=1: two show a sweep works
+    out_root = sat_cli.check_out_dir(args.out) if args.out else stage.OUT_DIR
     cfgs = []
     for model in models:
         size = {}
@@ -368,7 +366,7 @@ def train_logged(job):
     Returns (run name, wall-clock seconds, the log's last line)."""
     train, name, cfg, kw = job
     t = time.time()
-    log = os.path.join(sat_plumbing.check_out_dir(cfg.out), "train.log")
+    log = os.path.join(sat_cli.check_out_dir(cfg.out), "train.log")
     with open(log, "a") as f, redirect_stdout(f):
         train(cfg, **kw, quiet=True)
     with open(log) as f:
@@ -380,12 +378,12 @@ def sweep(stage, args):
     """Stage 03's main(): train every Config of configs_from_args, one after the other, or --jobs at a time
     in processes of their own (the same weights either way), or as one torchrun job."""
     cfgs = configs_from_args(stage, args)
-    rank, world, _ = dist_info()
-    jobs = sat_plumbing.check_jobs(args.jobs, 1 if world > 1 else sat_plumbing.cpu_count())
+    rank, world, _ = sat_processes.world()
+    jobs = sat_processes.check_jobs(args.jobs, 1 if world > 1 else sat_processes.cpu_count())
     if world > 1 and jobs > 1:
-        raise sat_plumbing.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
+        raise sat_cli.UserError(f"--jobs {jobs}: under torchrun every process trains the same run; leave --jobs out")
     jobs = min(jobs, len(cfgs))
-    jobs = sat_plumbing.smoke_settings("train", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
+    jobs = sat_smoke.smoke_settings("train", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
     for split in ("train", "test"):   # missing data: one error line now, not one per run after its folder is made
         sat_data.get_dataset(cfgs[0].dataset, split, cfgs[0].data, cfgs[0].image_size, cfgs[0].download)
     if world > 1 and not dist.is_initialized():
@@ -395,12 +393,12 @@ def sweep(stage, args):
     timings = []
     kw = dict(resume=args.resume, force=args.force, stop_after_epoch=args.stop_after_epoch)
     try:
-        if jobs > 1:   # one process per run (sat_plumbing.in_processes); results identical to --jobs 1
+        if jobs > 1:   # one process per run (sat_processes.in_processes); results identical to --jobs 1
             print(f"{len(cfgs)} runs, {jobs} at a time (one process and one torch thread each); "
                   f"each run's printout goes to its train.log")
             done = {}
             jobs_list = [(stage.train, stage.run_name(cfg), cfg, kw) for cfg in cfgs]
-            for i, (name, sec, last) in sat_plumbing.in_processes(train_logged, jobs_list, jobs):
+            for i, (name, sec, last) in sat_processes.in_processes(train_logged, jobs_list, jobs):
                 done[i] = (name, sec)
                 print(f"  [{len(done)}/{len(cfgs)}] {name}: {last}", flush=True)
             timings = [done[i] for i in sorted(done)]

@@ -28,10 +28,12 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import sat_data  # noqa: E402
+import sat_files  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_processes  # noqa: E402
 import sat_report  # noqa: E402
 import sat_shards  # noqa: E402
+import sat_smoke  # noqa: E402
 
 ev = importlib.import_module("04_eval")
 
@@ -44,7 +46,7 @@ def check(job):
     x, y = sat_data.digits_tensors("test")
     x, y = x[:limit], y[:limit]
     eps = cfg["eps"] / 255
-    s = sat_plumbing.smoke_settings("eval", {"apgd_steps": ev.APGD_STEPS, "square_queries": ev.SQUARE_QUERIES,
+    s = sat_smoke.smoke_settings("eval", {"apgd_steps": ev.APGD_STEPS, "square_queries": ev.SQUARE_QUERIES,
                                              "max_pgd_steps": None})
     t = time.time()
     r = ev.evaluate_model(model, x, y, eps, cfg["num_classes"], **s)
@@ -76,10 +78,10 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=500, help="first N digits test images")
     p.add_argument("--jobs", type=int, default=2, help="checkpoints checked at once")
     args = p.parse_args(argv)
-    args.limit = sat_plumbing.smoke_settings("eval", {"limit": args.limit})["limit"]
+    args.limit = sat_smoke.smoke_settings("eval", {"limit": args.limit})["limit"]
     paths = [q for q in sat_report.find_checkpoints(args.runs)
-             if sat_plumbing.load_checkpoint(q)["config"]["dataset"] == "digits"
-             and sat_plumbing.load_checkpoint(q)["config"]["seed"] == args.seed]
+             if sat_files.load_checkpoint(q)["config"]["dataset"] == "digits"
+             and sat_files.load_checkpoint(q)["config"]["seed"] == args.seed]
     if not paths:
         raise SystemExit(f"no digits checkpoint of seed {args.seed} under {args.runs}: run python 02_pgd.py and python 03_adv_train.py")
     print(f"{len(paths)} digits checkpoints (seed {args.seed}), first {args.limit} test images, robust accuracy %")
@@ -87,7 +89,7 @@ def main(argv=None):
            f"{'TA-AA':>6} {'ref AA':>6} {'04 & ref AA':>11}   seconds (04, TA-AA, ref AA)"
     print(head)
     rows = [None] * len(paths)
-    for i, r in sat_plumbing.in_processes(check, [(q, args.limit) for q in paths], min(args.jobs, len(paths))):
+    for i, r in sat_processes.in_processes(check, [(q, args.limit) for q in paths], min(args.jobs, len(paths))):
         rows[i] = r
     pct = sat_report.pct
     for r in rows:

@@ -28,14 +28,15 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import sat_data  # noqa: E402
+import sat_files  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_smoke  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-OUT = os.path.join(sat_plumbing.RUNS_DIR, "benchmarks", "activation_cost.csv")
+OUT = os.path.join(sat_files.RUNS_DIR, "benchmarks", "activation_cost.csv")
 TARGET = 1.05
 
 
@@ -100,7 +101,7 @@ def main():
 
 
 def cpu_costs(args, rows):
-    b = sat_plumbing.smoke_settings("benchmark", {"batch": 64})["batch"]   # SAT_SMOKE=1: 8 (figures meaningless)
+    b = sat_smoke.smoke_settings("benchmark", {"batch": 64})["batch"]   # SAT_SMOKE=1: 8 (figures meaningless)
     x, y = sat_data.digits_tensors("train")
     report("digits model (DigitsNet, 20k parameters), batch 64, eps 64/255, CPU",
            activation_costs("digits", "digitsnet", x[:b], y[:b], 64, repeats=5 if args.quick else 15, inner=10), rows)

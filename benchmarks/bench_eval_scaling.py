@@ -30,8 +30,9 @@ import torch  # noqa: E402
 
 import sat_data  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_processes  # noqa: E402
 import sat_shards  # noqa: E402
+import sat_smoke  # noqa: E402
 
 ev = importlib.import_module("04_eval")
 CASES = {"digits": dict(n=400, block=100, eps=64 / 255, settings=dict(apgd_steps=ev.APGD_STEPS, square_queries=ev.SQUARE_QUERIES)),
@@ -41,7 +42,7 @@ CASES = {"digits": dict(n=400, block=100, eps=64 / 255, settings=dict(apgd_steps
 def shrunk(case):
     """The case's images and attack settings (under SAT_SMOKE=1, the command tests', a few images and steps)."""
     c = CASES[case]
-    return sat_plumbing.smoke_settings("eval", {"limit": c["n"], "max_pgd_steps": None, **c["settings"]})
+    return sat_smoke.smoke_settings("eval", {"limit": c["n"], "max_pgd_steps": None, **c["settings"]})
 
 
 def model_and_images(case):
@@ -65,25 +66,25 @@ def model_and_images(case):
 def worker(case):
     """Under torchrun: this process's blocks of the case, timed from a barrier to the gathered results."""
     torch.set_num_threads(1)
-    sat_shards.start(torch.device("cpu"))
+    sat_processes.start(torch.device("cpu"))
     c = CASES[case]
     model, x, y = model_and_images(case)
     s = ev.attack_settings(block=c["block"], **{k: v for k, v in shrunk(case).items() if k != "limit"})
     smooth = ev.smooth_backward_copy(model)
-    rank, world = sat_shards.world()
-    sat_shards.gather(None)   # a barrier: every process starts the clock together
+    rank, world, _ = sat_processes.world()
+    sat_processes.gather(None)   # a barrier: every process starts the clock together
     t = time.perf_counter()
     mine = {}
     for b in range(rank, (len(y) + c["block"] - 1) // c["block"], world):
         lo = b * c["block"]
         masks = ev.block_masks(model, x[lo:lo + c["block"]], y[lo:lo + c["block"]], lo, b, c["eps"], 10, s, smooth)
         mine[b] = {k: sat_shards.bits(v) for k, v in masks.items()}
-    got = sat_shards.gather(mine)
+    got = sat_processes.gather(mine)
     sec = time.perf_counter() - t
     if rank == 0:
         assert sum(len(g) for g in got) == (len(y) + c["block"] - 1) // c["block"]
         print(json.dumps({"images_per_s": len(y) / sec, "sec": sec}))
-    sat_shards.stop()
+    sat_processes.stop()
 
 
 def launch(case, procs):
@@ -110,7 +111,7 @@ def pass_costs(batch=8, image_size=224):
     model = torchvision.models.resnet50().eval()
     x = torch.rand(batch, 3, image_size, image_size, requires_grad=True)
     fb, fw = [], []
-    for _ in range(sat_plumbing.smoke_settings("benchmark", {"repeats": 3})["repeats"]):
+    for _ in range(sat_smoke.smoke_settings("benchmark", {"repeats": 3})["repeats"]):
         t = time.perf_counter()
         torch.autograd.grad(model(x).sum(), x)
         fb.append((time.perf_counter() - t) / batch)
@@ -129,13 +130,13 @@ def main(argv=None):
         return worker(args.worker)
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores; above ~0.5, other work shares them)")
     print(f"{'case':<9} {'1 process (img/s)':>18} {'2 processes (img/s)':>20} {'ratio':>6}")
-    for case in sat_plumbing.smoke_settings("benchmark", {"cases": list(CASES)})["cases"]:
+    for case in sat_smoke.smoke_settings("benchmark", {"cases": list(CASES)})["cases"]:
         one, two = launch(case, 1), launch(case, 2)
         print(f"{case:<9} {one['images_per_s']:>18.2f} {two['images_per_s']:>20.2f} "
               f"{two['images_per_s'] / one['images_per_s']:>5.2f}x", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     fb, fw = passes_per_image()
-    size = sat_plumbing.smoke_settings("benchmark", {"batch": 8, "image_size": 224})
+    size = sat_smoke.smoke_settings("benchmark", {"batch": 8, "image_size": 224})
     c_fb, c_fw = pass_costs(**size)
     per_image = fb * c_fb + fw * c_fw
     print(f"\nstage 04's default set, ReLU model, every image robust to the end: {fb} forward-backward + {fw} forward passes "

@@ -57,9 +57,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import sat_cli  # noqa: E402
 import sat_data  # noqa: E402
+import sat_files  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_smoke  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
@@ -88,7 +90,7 @@ def guarded(part, fn, *args, **kwargs):
     the other parts with it."""
     try:
         return fn(*args, **kwargs)
-    except sat_plumbing.UserError:   # bad input stays one error line and exit code 2
+    except sat_cli.UserError:   # bad input stays one error line and exit code 2
         raise
     except Exception as e:   # noqa: BLE001  (anything else: recorded, then the next part)
         first_line = (str(e).strip().splitlines() or [""])[0][:120]
@@ -265,7 +267,7 @@ def digits_final_pts(runs):
     """The final.pt files under --digits-runs (checked before anything is measured)."""
     paths = sorted(os.path.join(d, "final.pt") for d, _, files in os.walk(runs) if "final.pt" in files)
     if not paths:
-        raise sat_plumbing.UserError(f"--digits-runs {runs}: no final.pt under it")
+        raise sat_cli.UserError(f"--digits-runs {runs}: no final.pt under it")
     return paths
 
 
@@ -282,7 +284,7 @@ def digits_checkpoints(runs, quick, device, scratch):
     for p in paths:
         model, ckpt = sat_models.model_from_checkpoint(p)
         if ckpt["config"]["dataset"] != "digits":
-            raise sat_plumbing.UserError(f"--digits-runs: {p} is a {ckpt['config']['dataset']} checkpoint, not digits")
+            raise sat_cli.UserError(f"--digits-runs: {p} is a {ckpt['config']['dataset']} checkpoint, not digits")
         out.append((os.path.basename(os.path.dirname(p)), model.to(device).eval()))
     return out
 
@@ -428,12 +430,12 @@ def summary(rates, fastest, per_core, label):
 
 
 def main(argv=None):
-    sat_plumbing.run_cli(bench, argv)
+    sat_cli.run_cli(bench, argv)
 
 
 def bench(argv):
     global CSV, COMPILE_BACKEND
-    p = sat_plumbing.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sat_cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--csv", default=None, help="the figures as CSV (default: docs/gpu_numbers.csv on a GPU, "
                    "runs/benchmarks/gpu_numbers_cpu.csv on the CPU)")
     p.add_argument("--digits-runs", default=None, help="folder of trained digits runs for parts 3b and 4")
@@ -444,18 +446,18 @@ def bench(argv):
     p.add_argument("--time-limit", type=float, default=0, help="seconds: no torch.compile model is started past "
                    "them (compiling takes a minute or more each; 0: no limit)")
     args = p.parse_args(argv)
-    sat_plumbing.check_number("--batch", args.batch, lo=1)
-    sat_plumbing.check_number("--time-limit", args.time_limit, lo=0)
+    sat_cli.check_number("--batch", args.batch, lo=1)
+    sat_cli.check_number("--time-limit", args.time_limit, lo=0)
     if args.digits_runs:
         digits_final_pts(args.digits_runs)
     deadline = T0 + (args.time_limit or float("inf"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    quick = args.quick or sat_plumbing.SMOKE or device.type == "cpu"
+    quick = args.quick or sat_smoke.SMOKE or device.type == "cpu"
     parts = {int(s) for s in args.parts.split(",") if s.strip().isdigit()}
     if not parts or not parts <= set(range(1, 7)) or len(parts) != len([s for s in args.parts.split(",") if s.strip()]):
-        raise sat_plumbing.UserError(f"--parts {args.parts}: accepted 1 to 6, comma-separated")
+        raise sat_cli.UserError(f"--parts {args.parts}: accepted 1 to 6, comma-separated")
     csv_path = args.csv or (os.path.join(ROOT, "docs", "gpu_numbers.csv") if device.type == "cuda" else
-                            os.path.join(sat_plumbing.RUNS_DIR, "benchmarks", "gpu_numbers_cpu.csv"))
+                            os.path.join(sat_files.RUNS_DIR, "benchmarks", "gpu_numbers_cpu.csv"))
     os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
     if quick:
         size, batch, batches, iters, warmup = 32, 4, [4], 1, 0   # no warm-up: the first call is one

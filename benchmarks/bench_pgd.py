@@ -35,8 +35,9 @@ import torch.nn.functional as F  # noqa: E402
 import torchattacks  # noqa: E402
 
 import sat_data  # noqa: E402
+import sat_files  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_smoke  # noqa: E402
 from timing import interleaved, ratio, spread  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
@@ -87,9 +88,9 @@ def step_timings(name, model, x, y, eps, repeats, inner):
 # b. PGD-200 evaluation: early stopping vs running every image for all 200 steps
 
 def adversarially_trained_digits_model():
-    path = os.path.join(ROOT, sat_plumbing.RUNS_DIR, "03_adv_train", "digits_relu_s0", "final.pt")
+    path = os.path.join(ROOT, sat_files.RUNS_DIR, "03_adv_train", "digits_relu_s0", "final.pt")
     if not os.path.isfile(path):
-        out = os.path.join(ROOT, sat_plumbing.RUNS_DIR, "bench", "digits_relu_adv")
+        out = os.path.join(ROOT, sat_files.RUNS_DIR, "bench", "digits_relu_adv")
         print(f"no {os.path.relpath(path, ROOT)}; training (or reusing) {os.path.relpath(out, ROOT)} ...", flush=True)
         with contextlib.redirect_stdout(io.StringIO()):   # train() prints its epoch table even when quiet
             path = train_mod.train(train_mod.preset_config("digits", act="relu", out=out), quiet=True)
@@ -136,7 +137,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="fewer repeats (~1 min)")
     args = p.parse_args()
     # SAT_SMOKE=1 (the README command test): one thread, 8-image batches, 16 test images, PGD-3; figures meaningless
-    size = sat_plumbing.smoke_settings("benchmark", {"threads": 2, "batch": 64, "images": 500, "steps": 200})
+    size = sat_smoke.smoke_settings("benchmark", {"threads": 2, "batch": 64, "images": 500, "steps": 200})
     torch.set_num_threads(size["threads"])
     torch.manual_seed(0)
     reps = 3 if args.quick else 7

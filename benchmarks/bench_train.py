@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 import sat_data  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
+import sat_smoke  # noqa: E402
 from timing import interleaved, ratio, spread  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
@@ -86,7 +86,7 @@ class WeightsLeftOn(torch.nn.Module):
 
 def compiled_step(cfg, x, y, repeats, inner):
     """Part 3: the compiled PGD-1 step with the attack's weights off (pgd() as it is) and left on, and eager."""
-    backend = "eager" if sat_plumbing.SMOKE else "inductor"   # SAT_SMOKE: traced only, no kernels compiled
+    backend = "eager" if sat_smoke.SMOKE else "inductor"   # SAT_SMOKE: traced only, no kernels compiled
     model = sat_models.build_model(dataclasses.asdict(cfg))
     opt = train_mod.make_optimizer(model, cfg)
     compiled = torch.compile(model, backend=backend)
@@ -126,7 +126,7 @@ def main():
     p.add_argument("--compile", action="store_true", help="part 3 alone: the compiled step, the attack's weights off or on")
     args = p.parse_args()
     # SAT_SMOKE=1 (the README command test): one thread, 8-image batches; the figures mean nothing then
-    size = sat_plumbing.smoke_settings("benchmark", {"threads": 2, "batch": 64})
+    size = sat_smoke.smoke_settings("benchmark", {"threads": 2, "batch": 64})
     torch.set_num_threads(size["threads"])
     torch.manual_seed(0)
     b = size["batch"]

@@ -14,16 +14,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
+import sat_cli  # noqa: E402
 import sat_data  # noqa: E402
+import sat_files  # noqa: E402
 import sat_models  # noqa: E402
-import sat_plumbing  # noqa: E402
 
 train_mod = importlib.import_module("03_adv_train")
 attack = importlib.import_module("02_pgd")
 
 
 def main(argv=None):
-    p = sat_plumbing.ArgumentParser(description="eps study: ReLU and SiLU trained at several eps, PGD-50 robust accuracy")
+    p = sat_cli.ArgumentParser(description="eps study: ReLU and SiLU trained at several eps, PGD-50 robust accuracy")
     p.add_argument("--dataset", default="digits", help="digits | fashionmnist (any preset of stage 03)")
     p.add_argument("--data", default="data", help="data folder (fashionmnist: the one holding its 4 .gz files)")
     p.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32, 48, 64], help="pixel units (8 = 8/255)")
@@ -32,7 +33,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")
     p.add_argument("--attack-steps", type=int, default=None, help="PGD-k training (default: the preset's)")
     args = p.parse_args(argv)
-    out = os.path.join(sat_plumbing.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
+    out = os.path.join(sat_files.RUNS_DIR, "eps_study" if args.dataset == "digits" else f"eps_study_{args.dataset}")
     # the preset, with shorter runs (--epochs) or another training attack (--attack-steps) if asked; each such
     # variant trains into folders of its own (suffix), so that it never overwrites the preset's runs
     overrides, suffix = {}, ""
@@ -62,4 +63,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_plumbing.run_cli(main)
+    sat_cli.run_cli(main)

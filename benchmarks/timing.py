@@ -3,14 +3,14 @@ their ratio off the back-to-back pairs."""
 import statistics
 import time
 
-import sat_plumbing
+import sat_smoke
 
 
 def interleaved(fns, repeats, inner=1, warmup=2):
     """Seconds per call of each function in `fns` (name -> fn). One repeat calls each fn `inner` times in a
     row, then moves on to the next fn; `repeats` such rounds. Returns name -> list of per-repeat timings.
-    Under SAT_SMOKE=1 (the README command test, see sat_plumbing.smoke_settings) each fn runs once: the figures mean nothing."""
-    repeats, inner, warmup = sat_plumbing.smoke_settings("benchmark", dict(repeats=repeats, inner=inner, warmup=warmup)).values()
+    Under SAT_SMOKE=1 (the README command test, see sat_smoke.smoke_settings) each fn runs once: the figures mean nothing."""
+    repeats, inner, warmup = sat_smoke.smoke_settings("benchmark", dict(repeats=repeats, inner=inner, warmup=warmup)).values()
     for fn in fns.values():
         for _ in range(warmup):   # first calls pay for allocator growth, kernel selection, lazy init
             fn()

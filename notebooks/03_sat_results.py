@@ -258,7 +258,7 @@ for comp in sorted(glob.glob(os.path.join(ROOT, "results", "*", "comparisons.csv
 #    `with acts.smooth_backward(model, on):` they use the smooth backward iff `on`), where `smooth_grad` says who gets the smooth backward: nobody (`"none"`), the
 #    attacker making x_adv, the optimizer computing the weight gradient, or both. Call stage 02's `attack.pgd` for
 #    the inner max and take one SGD step on the cross-entropy of x_adv for the outer min. The check cell runs your
-#    step and stage 03's `adversarial_training_step` from the same weights and the same random start, for each of
+#    step and stage 03's `smooth_grad_step` from the same weights and the same random start, for each of
 #    the four settings, and prints how far apart the weights end up (0 when they agree), beside how far apart a
 #    step that ignores `smooth_grad` would be.
 # 3. **Is the worst case converged?** Attack the ReLU model again with a stronger Square attack (three times this
@@ -281,7 +281,7 @@ def my_training_step(model, x, y, optimizer, eps, step, smooth_grad):
 
 
 def check_training_step(step_fn):
-    """step_fn against stage 03's adversarial_training_step, from the same weights and the same random start."""
+    """step_fn against stage 03's smooth_grad_step, from the same weights and the same random start."""
     base, _, _ = nb.adv_model("relu")
     acts.swap_activations(base, "relu", smooth_grad=True)   # ReLU forward; the backward is switchable
     xb, yb = nb.test_set(64)
@@ -292,7 +292,7 @@ def check_training_step(step_fn):
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             torch.manual_seed(0)   # the same random start for both
             if fn is None:
-                train_mod.adversarial_training_step(model, xb, yb, opt, EPS, EPS, 1, smooth_grad=mode)
+                train_mod.smooth_grad_step(model, xb, yb, opt, EPS, EPS, 1, smooth_grad=mode)
             elif fn(model, xb, yb, opt, EPS, EPS, mode) is None and mode == "none" and \
                     all(torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters())):
                 print("my_training_step changed no weight: write it in the cell above, then run this cell again")

@@ -49,8 +49,8 @@ import torch
 import torchattacks
 import matplotlib.pyplot as plt
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
 attack = nb.stage("02_pgd")   # pgd_eval, default_step, px, EPS_PX
 EPS = attack.px(attack.EPS_PX["digits"])
 
@@ -207,7 +207,7 @@ for act in ACTS:
         model, path = nb.train_digits(f"width{w}_{act}_e{E}_s{SEED}", act=act, width=w, epochs=E,
                                       milestones=nb.milestones(E), seed=SEED)
         n_params = sum(p.numel() for p in model.parameters())
-        secs = sum(r["seconds"] for r in sat_plumbing.load_checkpoint(path)["metrics"]["history"])
+        secs = sum(r["seconds"] for r in sat_files.load_checkpoint(path)["metrics"]["history"])
         width_runs[(act, w)] = [n_params, secs] + evaluate(model)
 nb.table(["act", "width", "params", "train s", "clean %", "PGD-50 %", "APGD-CE %", "APGD-DLR %", "worst case %"],
          [[a, w, n, f"{s:.0f}"] + [100 * v for v in vals] for (a, w), (n, s, *vals) in width_runs.items()])
@@ -322,7 +322,7 @@ def fwd_bwd_ms(f, n=nb.size(10, 3)):
         x_ = xt.clone().requires_grad_()
         t = time.perf_counter(); f(x_).sum().backward(); times.append(time.perf_counter() - t)
     return 1e3 * sorted(times[1:])[len(times[1:]) // 2]   # median, first call dropped
-psp = acts.ParametricSoftplus(10.0)
+psp = acts.FastParametricSoftplus(10.0)   # what stage 01 builds (make_activation): sat_kernels.py's kernels
 for label, f in [("ReLU", F.relu), ("stage 01 CPU form", psp), ("F.softplus(x, beta=10)", lambda x: F.softplus(x, beta=10))]:
     print(f"{label:<24} {fwd_bwd_ms(f):6.1f} ms")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import sat_plumbing
+import sat_cli
 
 FILE = "@file"   # replaced by the path of an existing plain file
 
@@ -80,7 +80,7 @@ CASES = [   # (stage, arguments, a piece of the expected message)
 
 def run_cli(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
-        sat_plumbing.run_cli(main, argv)
+        sat_cli.run_cli(main, argv)
     return e.value.code, capsys.readouterr().err.strip()
 
 
@@ -123,7 +123,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys, monkey
     """A full disk at the second epoch's checkpoint: one error line, the first epoch's checkpoint intact."""
     args = ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--milestones", "1", "--check-size", "16",
             "--quiet", "--out", str(tmp_path)]
-    sat_plumbing.run_cli(stage(3).main, args + ["--stop-after-epoch", "1"])
+    sat_cli.run_cli(stage(3).main, args + ["--stop-after-epoch", "1"])
     ckpt = tmp_path / "digits_relu_s0" / "checkpoint.pt"
     before = ckpt.read_bytes()
     real_save = torch.save

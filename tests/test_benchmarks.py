@@ -20,14 +20,14 @@ from bench_eval_scaling import passes_per_image  # noqa: E402
 def quick_rows(tmp_path_factory):
     """The command of docs/SCALING.md, `python benchmarks/bench_gpu.py --quick`, as written (test_readme_commands
     leaves it to this file), with runs/ in a scratch folder: its rows, read back from the CSV it wrote there."""
-    import sat_plumbing
+    import sat_files
     runs = tmp_path_factory.mktemp("runs")
-    saved, sat_plumbing.RUNS_DIR = sat_plumbing.RUNS_DIR, str(runs)
+    saved, sat_files.RUNS_DIR = sat_files.RUNS_DIR, str(runs)
     try:
         bench_gpu.ROWS.clear()
         bench_gpu.main(["--quick"])
     finally:
-        sat_plumbing.RUNS_DIR = saved
+        sat_files.RUNS_DIR = saved
     out = runs / "benchmarks"
     with open(out / "gpu_numbers_cpu.csv") as f:
         rows = list(csv.DictReader(f))
@@ -115,7 +115,7 @@ def test_bad_arguments_are_one_error_line(argv, names, capsys):
 def test_an_error_in_one_part_is_a_row_and_the_next_parts_run(tmp_path, monkeypatch):
     """On the GPU the script runs once, time-boxed: a part that fails (nvjpeg, a loader worker, a compile) is a
     row saying so, and the parts after it still run; bad input still stops it with one error line."""
-    import sat_plumbing
+    import sat_cli
 
     def broken_loader(*args, **kwargs):
         raise RuntimeError("nvjpeg: hardware backend unavailable\nsecond line")
@@ -129,6 +129,6 @@ def test_an_error_in_one_part_is_a_row_and_the_next_parts_run(tmp_path, monkeypa
         assert "error in broken_loader" in f.read()
 
     def bad_input():
-        raise sat_plumbing.UserError("--digits-runs x: no final.pt under it")
-    with pytest.raises(sat_plumbing.UserError):
+        raise sat_cli.UserError("--digits-runs x: no final.pt under it")
+    with pytest.raises(sat_cli.UserError):
         bench_gpu.guarded("eval", bad_input)

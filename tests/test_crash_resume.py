@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-import sat_plumbing
+import sat_files
 from conftest import ROOT
 
 # 2 epochs of 20 steps (1297 digits, batch 64), a checkpoint every 5 steps and at each epoch end
@@ -59,7 +59,7 @@ def run(args, crash_at=None):
 
 
 def final_weights(out):
-    return sat_plumbing.load_checkpoint(os.path.join(out, "digits_relu_s0", "final.pt"))["model"]
+    return sat_files.load_checkpoint(os.path.join(out, "digits_relu_s0", "final.pt"))["model"]
 
 
 def assert_same_weights(a, b):
@@ -87,14 +87,14 @@ def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted
     run_dir = os.path.join(out, "digits_relu_s0")
     assert not os.path.exists(os.path.join(run_dir, "final.pt"))
     if crash_at.startswith("save"):
-        assert [f for f in os.listdir(run_dir) if f.startswith(sat_plumbing.TMP_PREFIX)], "the kill should leave a temporary file"
+        assert [f for f in os.listdir(run_dir) if f.startswith(sat_files.TMP_PREFIX)], "the kill should leave a temporary file"
     r = run(ARGS + ["--out", out])                     # the same command again
     assert r.returncode == 0, r.stderr[-2000:]
     if resumed_at:
         assert f"resumed from {os.path.join(run_dir, 'checkpoint.pt')} {resumed_at}" in r.stdout, r.stdout[-2000:]
     else:
         assert "starting from scratch" in r.stdout
-    assert not [f for f in os.listdir(run_dir) if f.startswith(sat_plumbing.TMP_PREFIX)]
+    assert not [f for f in os.listdir(run_dir) if f.startswith(sat_files.TMP_PREFIX)]
     assert_same_weights(final_weights(out), uninterrupted)
 
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+import sat_cli
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
 
 ev = importlib.import_module("04_eval")
 FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
@@ -87,7 +88,7 @@ def test_paper_columns_hold_paper_md_numbers():
 
 def run_cli(capsys, args):
     with pytest.raises(SystemExit) as e:
-        sat_plumbing.run_cli(ev.main, args)
+        sat_cli.run_cli(ev.main, args)
     return e.value.code, capsys.readouterr().err.strip()
 
 
@@ -108,7 +109,7 @@ def test_model_from_checkpoint_is_the_trained_model(trained_digits, test_set, tm
     assert torch.equal(loaded(x[:50]), model.eval()(x[:50]))
     misfit = dict(ckpt, config={**ckpt["config"], "width": ckpt["config"].get("width", 16) * 2})
     torch.save(misfit, tmp_path / "misfit.pt")
-    with pytest.raises(sat_plumbing.UserError, match="does not fit its own config: Error"):
+    with pytest.raises(sat_cli.UserError, match="does not fit its own config: Error"):
         sat_models.model_from_checkpoint(str(tmp_path / "misfit.pt"))
 
 
@@ -126,7 +127,7 @@ def test_corrupt_checkpoint_refused(trained_digits, tmp_path, capsys, kind):
         class Evil:
             def __reduce__(self):
                 return (print, ("pwned",))
-        torch.save({"format": sat_plumbing.CHECKPOINT_FORMAT, "model": Evil(), "config": {}}, bad)
+        torch.save({"format": sat_files.CHECKPOINT_FORMAT, "model": Evil(), "config": {}}, bad)
     code, err = run_cli(capsys, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "e")])
     assert code == 2 and "unreadable" in err and len(err.splitlines()) == 1, err
 

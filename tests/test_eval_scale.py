@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import sat_data
-import sat_plumbing
+import sat_files
 import sat_report
+import sat_smoke
 from conftest import ROOT, stage
 
 ev = stage("04_eval")
@@ -29,7 +30,7 @@ def runs_with(tmp_path, path, names=("digits_relu_s0",), edit=None):
         ckpt = torch.load(path, weights_only=True)
         if edit:
             edit(name, ckpt["config"])
-        sat_plumbing.save_checkpoint(ckpt, str(d / "final.pt"))
+        sat_files.save_checkpoint(ckpt, str(d / "final.pt"))
     return tmp_path / "runs"
 
 
@@ -83,7 +84,7 @@ def test_sigkill_mid_checkpoint_then_rerun_gives_the_uninterrupted_tables(traine
 
 def test_two_recipes_of_one_activation_are_two_rows_named_by_what_differs(trained_digits, tmp_path, monkeypatch):
     """The grouping, not the attacks, is tested: smoke-sized attacks (4 images, PGD cut to 1 step)."""
-    monkeypatch.setattr(sat_plumbing, "SMOKE", True)
+    monkeypatch.setattr(sat_smoke, "SMOKE", True)
     def edit(name, cfg):   # the same weights, stored as two recipes (batch 64 and batch 128), two seeds each
         cfg["batch_size"], cfg["seed"] = (128 if "b128" in name else 64), int(name[-1])
     runs = runs_with(tmp_path, trained_digits[1], ("digits_relu_s0", "digits_relu_s1", "digits_relu_b128_s0",
@@ -171,7 +172,7 @@ def test_cache_key_holds_what_changes_a_result_and_not_the_batch_size(trained_di
     other = tmp_path / "retrained.pt"   # the same path retrained: other content, other key
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    sat_plumbing.save_checkpoint(ckpt, str(other))
+    sat_files.save_checkpoint(ckpt, str(other))
     assert sat_report.cache_key(str(other), args, cfg, s)["sha256"] != key["sha256"]
 
 

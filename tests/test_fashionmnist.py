@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import sat_cli
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
 from conftest import stage
 
 SYSTEM_FOLDER = "/usr/share/datasets/fashion-mnist"   # Debian/Ubuntu's dataset-fashion-mnist package
@@ -41,7 +42,7 @@ def write_fake_fashion(folder, n_train=24, n_test=8, seed=0):
 
 def run_cli(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
-        sat_plumbing.run_cli(main, argv)
+        sat_cli.run_cli(main, argv)
     return e.value.code, capsys.readouterr().err.strip()
 
 
@@ -76,9 +77,9 @@ def test_model_fits_28x28_and_torchvision_models_are_refused():
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert sum(p.numel() for p in model.parameters()) == 19706          # the digits model's weights, stride-2 stem
     assert model[1].stem[0].stride == (2, 2)
-    with pytest.raises(sat_plumbing.UserError, match="model 'resnet18' does not fit dataset 'fashionmnist' \\(1 channel\\); use fashionnet"):
+    with pytest.raises(sat_cli.UserError, match="model 'resnet18' does not fit dataset 'fashionmnist' \\(1 channel\\); use fashionnet"):
         sat_models.check_model_name("resnet18", "fashionmnist")
-    with pytest.raises(sat_plumbing.UserError, match="model 'digitsnet' does not fit dataset 'fashionmnist'"):
+    with pytest.raises(sat_cli.UserError, match="model 'digitsnet' does not fit dataset 'fashionmnist'"):
         sat_models.check_model_name("digitsnet", "fashionmnist")
 
 
@@ -87,8 +88,8 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     train_args = ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu", "--smooth-grad", "none",
                   "--epochs", "1", "--milestones", "--batch-size", "8", "--check-size", "8", "--val-size", "4", "--quiet",
                   "--out", str(tmp_path / "runs")]
-    sat_plumbing.run_cli(stage("03_adv_train").main, train_args)
-    ckpt = sat_plumbing.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
+    sat_cli.run_cli(stage("03_adv_train").main, train_args)
+    ckpt = sat_files.load_checkpoint(str(tmp_path / "runs" / "fashionmnist_relu_s0" / "final.pt"))
     cfg = ckpt["config"]
     assert (cfg["model"], cfg["eps"], cfg["attack_steps"], cfg["attack_step"], cfg["num_classes"], cfg["threads"]) == \
         ("fashionnet", 25.5, 2, 31.875, 10, 1)
@@ -96,7 +97,7 @@ def test_train_then_evaluate_through_the_command_lines(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 steps/epoch" in out   # 24 training images less 4 held out for validation: 20, in full batches of 8
     assert "on 4 validation images" in out and os.path.isfile(tmp_path / "runs" / "fashionmnist_relu_s0" / "best.pt")
-    sat_plumbing.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
+    sat_cli.run_cli(stage("04_eval").main, ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--limit", "6",
                                            "--batch-size", "6", "--apgd-steps", "2", "--square-queries", "5"])
     out = capsys.readouterr().out
     assert "fashionmnist_relu_s0" in out and "25.5/255" in out
@@ -126,7 +127,7 @@ def test_missing_files_are_one_error_line(tmp_path, capsys, stage_name):
                 "--out", str(tmp_path / "runs")]
     else:
         write_fake_fashion(tmp_path / "fm")
-        sat_plumbing.run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu",
+        sat_cli.run_cli(stage("03_adv_train").main, ["--dataset", "fashionmnist", "--data", str(tmp_path / "fm"), "--act", "relu",
                                                     "--smooth-grad", "none", "--epochs", "1", "--batch-size", "8",
                                                     "--check-size", "8", "--val-size", "0", "--quiet", "--out", str(tmp_path / "runs")])
         argv = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "eval"), "--data", str(tmp_path / "empty")]

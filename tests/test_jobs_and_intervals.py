@@ -92,7 +92,7 @@ def test_jobs_under_torchrun_or_below_one_is_one_line(tmp_path):
 WORKER_SCRIPT = """
 import os, sys, time
 sys.path.insert(0, {root!r})
-import sat_plumbing
+import sat_processes
 
 def job(i):
     open(os.path.join({out!r}, str(os.getpid())), "w").close()
@@ -100,7 +100,7 @@ def job(i):
     return i
 
 if __name__ == "__main__":
-    for _ in sat_plumbing.in_processes(job, range(4), 2):
+    for _ in sat_processes.in_processes(job, range(4), 2):
         pass
 """
 

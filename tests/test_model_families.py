@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+import sat_cli
 import sat_models
-import sat_plumbing
 
 acts = importlib.import_module("01_activations")
 attack = importlib.import_module("02_pgd")
@@ -60,7 +60,7 @@ def test_swap_reports_by_type_and_reaches_the_smooth_backward():
 
 @pytest.mark.parametrize("name", ["densenet121", "googlenet"])
 def test_functional_activations_are_refused_with_one_line(name):
-    with pytest.raises(sat_plumbing.UserError, match=f"model '{name}' calls relu in functional form"):
+    with pytest.raises(sat_cli.UserError, match=f"model '{name}' calls relu in functional form"):
         sat_models.build_model(cfg(name, "silu"))
 
 

@@ -214,7 +214,7 @@ def test_cli_rejects_bad_eps():
 @pytest.mark.parametrize("quiet", [False, True])
 def test_cli_quiet_hides_the_training_progress_bar(tmp_path, quiet):
     """--quiet: no progress bar while the standard model trains; the attack table still prints.
-    SAT_SMOKE=1 shrinks the training to two steps (sat_plumbing.smoke_settings)."""
+    SAT_SMOKE=1 shrinks the training to two steps (sat_smoke.smoke_settings)."""
     env = dict(os.environ, SAT_SMOKE="1")
     r = subprocess.run([sys.executable, "02_pgd.py", "--steps", "1", "--out", str(tmp_path)] + ["--quiet"] * quiet,
                        cwd=ROOT, capture_output=True, text=True, env=env)

@@ -10,7 +10,7 @@ for a user, and a later command reads what an earlier one wrote), on tiny data t
 What changes, and why:
   SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, a sweep at most 3 runs per model and seed
                               (2 seeds, 1 model), every evaluation a few images and attack steps
-                              (sat_plumbing.smoke_settings); the commands, flags and code paths are the real ones
+                              (sat_smoke.smoke_settings); the commands, flags and code paths are the real ones
   SAT_NOTEBOOK_QUICK=1        the notebooks' own quick mode (notebooks/nbsetup.py), for `make notebooks`
   --nproc_per_node 8 -> 2     two processes (gloo on the CPU); --nnodes 4 -> 1, $NODE_RANK -> 0,
                               $MASTER -> 127.0.0.1, and a free port for every rendezvous

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+import sat_cli
 import sat_data
+import sat_files
 import sat_models
-import sat_plumbing
+import sat_seeds
 import sat_training_run
 from conftest import ROOT, free_port
 
@@ -23,16 +25,16 @@ def cfg_digits(train_mod, tmp_path, **kw):
 
 
 def weights(path):
-    return sat_plumbing.load_checkpoint(path)["model"]
+    return sat_files.load_checkpoint(path)["model"]
 
 
 def test_digits_step_changes_weights_and_writes_checkpoint(train_mod, tmp_path):
     cfg = cfg_digits(train_mod, tmp_path)
     path = train_mod.train(cfg, quiet=True)
-    ckpt = sat_plumbing.load_checkpoint(path)
+    ckpt = sat_files.load_checkpoint(path)
     assert ckpt["finished"] and ckpt["epoch"] == 1 and ckpt["config"]["eps"] == 64.0
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "config", "rng", "metrics"}
-    sat_plumbing.seed_everything(cfg.seed)
+    sat_seeds.seed_everything(cfg.seed)
     init = sat_models.build_model(ckpt["config"]).state_dict()
     assert not torch.equal(init["1.stem.0.weight"], ckpt["model"]["1.stem.0.weight"])
     row = ckpt["metrics"]["history"][0]
@@ -59,7 +61,7 @@ def test_cifar10_folder_step(train_mod, tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
     cfg = train_mod.preset_config("cifar10", data=str(tmp_path / "data"), epochs=1, batch_size=8, milestones=[],
                                   check_size=8, workers=0, out=str(tmp_path / "run"), val_size=4)
-    ckpt = sat_plumbing.load_checkpoint(train_mod.train(cfg, quiet=True))
+    ckpt = sat_files.load_checkpoint(train_mod.train(cfg, quiet=True))
     assert ckpt["config"]["model"] == "cifar_resnet18" and ckpt["config"]["eps"] == 8.0
     assert os.path.isfile(tmp_path / "run" / "best.pt")   # the preset's validation split (4 of the 40 images here)
     assert np.isfinite(ckpt["metrics"]["history"][0]["loss"])
@@ -77,7 +79,7 @@ def test_imagenet_folder_step_resnet50(train_mod, tmp_path):
     cfg = train_mod.preset_config("imagenet", data=str(tmp_path / "imnet"), image_size=32, epochs=1, batch_size=4,
                                   milestones=[], warmup_epochs=0, check_size=4, workers=0, channels_last=True,
                                   out=str(tmp_path / "run"))
-    ckpt = sat_plumbing.load_checkpoint(train_mod.train(cfg, quiet=True))
+    ckpt = sat_files.load_checkpoint(train_mod.train(cfg, quiet=True))
     assert ckpt["config"]["num_classes"] == 2 and ckpt["config"]["rand_start_prob"] == 0.8
     assert ckpt["config"]["label_smoothing"] == 0.1 and np.isfinite(ckpt["metrics"]["history"][0]["loss"])
 
@@ -131,7 +133,7 @@ def test_smooth_grad_switch_only_where_asked(train_mod, tmp_path, monkeypatch, m
 
 def run_cli(train_mod, capsys, args):
     with pytest.raises(SystemExit) as e:
-        sat_plumbing.run_cli(train_mod.main, args)
+        sat_cli.run_cli(train_mod.main, args)
     err = capsys.readouterr().err.strip()
     return e.value.code, err
 
@@ -193,14 +195,14 @@ def test_divergence_stops_with_a_clear_message(train_mod, tmp_path):
 
 def test_atomic_save_keeps_old_file_when_write_fails(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    sat_plumbing.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, str(path))
+    sat_files.save_checkpoint({"model": {"w": torch.ones(3)}, "config": {}}, str(path))
     before = path.read_bytes()
 
     def boom(*a, **k):
         raise KeyboardInterrupt("killed mid-write")
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        sat_plumbing.save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, str(path))
+        sat_files.save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {}}, str(path))
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
@@ -209,7 +211,7 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
     path = train_mod.train(cfg, quiet=True)
     before = open(path, "rb").read()
     assert train_mod.train(cfg, quiet=True) == path and open(path, "rb").read() == before   # reused
-    with pytest.raises(sat_plumbing.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
+    with pytest.raises(sat_cli.UserError, match=r"trained with other settings \(eps 64.0 -> 32.0\)"):
         train_mod.train(cfg_digits(train_mod, tmp_path, eps=32.0), quiet=True)
     assert open(path, "rb").read() == before
 
@@ -307,11 +309,11 @@ def test_sweep_with_missing_data_is_refused_before_it_starts(train_mod, capsys, 
 def test_the_two_times_of_a_run_are_named(train_mod, capsys, tmp_path):
     """A run's own line gives its training time (the sum of its epochs' seconds in log.csv); the summary gives
     the wall-clock time of each run, start-up included: two numbers, each saying what it is."""
-    sat_plumbing.run_cli(train_mod.main, ["--act", "relu", "silu", "--smooth-grad", "none", "--epochs", "1", "--steps-per-epoch", "2",
+    sat_cli.run_cli(train_mod.main, ["--act", "relu", "silu", "--smooth-grad", "none", "--epochs", "1", "--steps-per-epoch", "2",
                                           "--check-size", "8", "--quiet", "--jobs", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     for run in ("digits_relu_s0", "digits_silu_s0"):
-        history = sat_plumbing.load_checkpoint(str(tmp_path / run / "final.pt"))["metrics"]["history"]
+        history = sat_files.load_checkpoint(str(tmp_path / run / "final.pt"))["metrics"]["history"]
         assert f"{run}: trained in {sum(r['seconds'] for r in history):.1f} s (the sum of its epochs) ->" in out
     assert "2 runs in" in out and "wall-clock time of each run, start-up (data, model, process) and saving included:" in out
 

@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
+import sat_cli
 import sat_data
-import sat_plumbing
+import sat_files
 
 
 def cfg_digits(train_mod, out, **kw):
@@ -26,7 +27,7 @@ def test_split_is_class_balanced_disjoint_fixed_and_unaugmented():
     _, again = sat_data.validation_split(train_ds, train_ds, 105)
     assert again.indices == val.indices                     # the same images for every run
     assert sat_data.validation_split(train_ds, train_ds, 0) == (train_ds, None)
-    with pytest.raises(sat_plumbing.UserError, match="--val-size 5000"):
+    with pytest.raises(sat_cli.UserError, match="--val-size 5000"):
         sat_data.validation_split(train_ds, train_ds, 5000)
 
 
@@ -56,7 +57,7 @@ def test_training_with_a_validation_split_never_reads_the_test_split(train_mod, 
 def test_best_pt_holds_the_epoch_of_the_best_validation_pgd10(train_mod, tmp_path):
     final = train_mod.train(cfg_digits(train_mod, tmp_path / "run"), quiet=True)
     best = os.path.join(os.path.dirname(final), "best.pt")
-    f, b = sat_plumbing.load_checkpoint(final), sat_plumbing.load_checkpoint(best)
+    f, b = sat_files.load_checkpoint(final), sat_files.load_checkpoint(best)
     hist = f["metrics"]["history"]
     pgd10 = [r["check_pgd10_acc"] for r in hist]
     assert b["epoch"] == 1 + pgd10.index(max(pgd10)) and b["selected"] == "best"
@@ -72,8 +73,8 @@ def test_best_pt_is_the_same_after_a_resume_and_a_fresh_start_removes_a_stale_on
     cfg = cfg_digits(train_mod, tmp_path / "b")
     train_mod.train(cfg, stop_after_epoch=2, quiet=True)
     resumed = train_mod.train(cfg, resume=True, quiet=True)
-    a = sat_plumbing.load_checkpoint(os.path.join(os.path.dirname(straight), "best.pt"))
-    b = sat_plumbing.load_checkpoint(os.path.join(os.path.dirname(resumed), "best.pt"))
+    a = sat_files.load_checkpoint(os.path.join(os.path.dirname(straight), "best.pt"))
+    b = sat_files.load_checkpoint(os.path.join(os.path.dirname(resumed), "best.pt"))
     assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # retrained without a validation split (--force): the old run's best.pt must not survive beside the new final.pt
     train_mod.train(cfg_digits(train_mod, tmp_path / "b", val_size=0, epochs=1), force=True, quiet=True)
@@ -94,7 +95,7 @@ def test_stage04_evaluates_best_pt_in_tables_of_its_own(train_mod, tmp_path, cap
     assert "digits relu [best epoch]" in md and "digits silu [best epoch]" in md
     assert ",best," in (out / "per_run.csv").read_text()
     with pytest.raises(SystemExit) as e:
-        sat_plumbing.run_cli(ev.main, ["--runs", str(tmp_path / "runs" / "03_adv_train" / "noval"), "--out", str(out),
+        sat_cli.run_cli(ev.main, ["--runs", str(tmp_path / "runs" / "03_adv_train" / "noval"), "--out", str(out),
                                        "--checkpoint", "best"])
     assert e.value.code == 2 and "no best.pt" in capsys.readouterr().err
 
