@@ -2,73 +2,39 @@
 Measured (RESULTS.md, digits, 15 seeds, `python 03_adv_train.py --seeds 15` then this): worst case 35.2% for ReLU,
 +5.0 points [+2.6, +7.5] with a smooth gradient for the attacker (Table 1), -4.6 [-7.0, -2.2] for SiLU (Figure 3).
 
-Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1 and
-Figure 3. Evaluation hygiene after Carlini et al. 2019 (docs/PAPER.md): an independent strong attack
-(APGD, Croce & Hein 2020) and a gradient-free one (Square, Andriushchenko et al. 2020) from `torchattacks`
-beside our PGD, an adaptive attack for ReLU models, and on request the reference AutoAttack (`pyautoattack`);
-the headline robust accuracy is the per-example worst case over all of them.
-
-Per checkpoint (its own dataset and eps; step eps/4):
-  clean, FGSM, PGD-k for k in 1, 10, 50, 200 (stage 02's early-stopping pgd_eval), APGD-CE, APGD-DLR,
-  Square (margin loss), the reference APGD-T (pyautoattack: targeted DLR, 9 target classes), optionally the reference AutoAttack's standard set (--autoattack: APGD-CE, APGD-T,
-  FAB-T, Square 5,000); PGD-20 at 0.5/1/2/4/8 x eps (a point beyond 255/255 attacks in the whole pixel box).
-  Adaptive attack, for every model whose forward holds ReLUs (plain ReLU and Table 1's smooth-backward rows):
-  PGD-200 through the smooth backward (BPDA-style: sigmoid(alpha x) in place of ReLU's step, the attacker that
-  knows the paper's trick). Worst case = robust only if robust to every attack run.
-Randomness, so that neither the process count nor --batch-size changes a number: each image's PGD start is
-drawn from a generator seeded by (seed, its index in the evaluated list); APGD, Square and AutoAttack draw per
-batch, so they attack fixed blocks of --block images by index (100 by default), block b seeded by (seed, b).
-Precision: the attacks run in float32 with TF32 off on CUDA (attacks_at_full_precision; cuDNN's default TF32
-convolutions keep a 10-bit mantissa, and a low-precision gradient can weaken an attack).
-Masking checks (each failure is printed as a flag beside the model, with its numbers):
-  steps       robust accuracy must not rise with more PGD steps (1 -> 10 -> 50 -> 200, one shared random
-              start; step max(eps/4, eps/k), so 10, 50 and 200 share step eps/4), 1-point tolerance
-  eps         at 8 x eps robust accuracy must fall to about chance (<= chance + 10 points)
-  single-step FGSM must not be stronger than PGD-200 (1-point tolerance)
-  independent APGD / APGD-T / Square / AutoAttack must not beat PGD-200 by more than 3 points
-Comparisons: each configuration (every training setting but the seed: model, width, eps, attack, batch, ...)
-minus the plain ReLU run of the same recipe (same data set, eps and test images) for clean, PGD-200 and
-worst-case accuracy, with a 95% bootstrap interval over seeds and test images; verdict "better" / "worse" when
-the interval excludes 0, "equal" when it lies within +-3 points, else "undecided". Two configurations of one
-activation (two models, two batch sizes) are two rows, named by the settings in which they differ.
-
+Paper: arXiv:2006.14536, evaluation protocol (PGD-200, eps = 4/255, step 1/255, random start), Table 1, Figure 3;
+evaluation hygiene after Carlini et al. 2019 (docs/PAPER.md). Per checkpoint, at its own eps:
+  attacks     FGSM; PGD-1/10/50/200 (stage 02, step max(eps/4, eps/k)); for models with ReLUs, PGD-200 through the
+              smooth backward (adaptive); APGD-CE/DLR and Square (torchattacks); the reference APGD-T (pyautoattack);
+              --autoattack: the reference AutoAttack; PGD-20 at 0.5 to 8 x eps
+  worst case  robust only if robust to every attack run: the headline number
+  masking     more PGD steps must not help; at 8 x eps accuracy must fall to chance; FGSM must not beat PGD-200; no
+              independent attack may beat PGD-200 by more than 3 points. Each failure is a flag beside the model
+  vs ReLU     each configuration minus plain ReLU of the same recipe, with a 95% bootstrap interval over seeds and
+              test images: better / worse (it excludes 0), equal (within +-3 points), else undecided
 Run it:
-    python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train
-                                             # CPU: 143 s for the 11 default checkpoints on 2 idle
-                                             # cores (74-76 s before PGD-sg and APGD-T joined)
+    python 04_eval.py                        # every final.pt under runs/02_pgd and runs/03_adv_train; CPU: 143 s
+                                             # for the 11 default checkpoints on 2 idle cores
     python 04_eval.py --limit 1000           # ImageNet/CIFAR checkpoints: quick look on 1000 images
     torchrun --nproc_per_node 8 04_eval.py --subset robustbench    # each checkpoint's images over 8 GPUs (NCCL)
-On the CPU `--jobs N` checkpoints are evaluated at once (default: one per core), one process and one torch
-thread each; under torchrun the N processes share each checkpoint's images instead. Same numbers either way.
-A killed run, started again with the same command, continues from the blocks it saved.
-Writes (runs/04_eval/; the code that writes them, and the cache, is in sat_report.py; sharding, resume and the
-progress bars in sat_shards.py):
-    results.csv, results.md          one row per configuration, mean +- std over seeds, paper columns beside
-    per_run.csv                      every number for every checkpoint, with its attack parameters
-    per_image.json                   per checkpoint and test image: right or not, clean, PGD-200, worst case
-                                     (--results DIR copies these small files, the tables too, to DIR)
-    comparisons.csv, comparisons.md  each configuration minus plain ReLU, with its interval and verdict
-    cache/<run>.json                 per-checkpoint results, per image (re-used while the checkpoint's contents,
-                                     data, images, eps and attack settings are unchanged)
-    figure3_acc_vs_robust.png        the paper's Figure 3: ours (left) beside the paper's ImageNet points (right)
-    robust_vs_steps.png, robust_vs_eps.png
+Writes runs/04_eval/: results.md/.csv (a row per configuration, mean +- std over seeds, the paper's beside), per_run.csv
+(every number with its attack parameters), per_image.json, comparisons.md/.csv, figures. The harness (seeds per
+image and block, --jobs, torchrun, the cache, resume): sat_eval_run.py; the tables: sat_report.py.
 """
 import copy
 import importlib
 import json
-import math
 import os
+import sys
 import time
 
 import torch
 
 import sat_cli
+import sat_eval_run
 import sat_files
-import sat_models
-import sat_processes
 import sat_report
 import sat_shards
-import sat_smoke
 from sat_report import PAPER_FIGURE3, PAPER_TABLE1, aggregate, fmt, paper_numbers  # noqa: F401 (notebooks: ev.aggregate, ...)
 
 acts = importlib.import_module("01_activations")
@@ -86,44 +52,23 @@ MARGIN = 0.03             # "equal": the whole 95% interval of a difference lies
 BOOTSTRAP = 2000          # bootstrap replicates per comparison
 
 
-# ---- Attacks: every attack on one model, a robust/broken mask per test image ---------------------------------
+# ---- The attacks: every attack on one model, a robust/broken mask per test image --------------------------------
 
 def correct(model, x, y):
     with torch.no_grad():
         return model(x).argmax(1) == y
 
 
-def pgd_step(eps, steps):
-    """Step of PGD-k here: max(eps/4, eps/k) for k < 200; eps/4 for PGD-200, the paper's 1/255 at eps 4/255."""
-    return attack.default_step(eps, steps) if steps < 200 else eps / 4
-
-
 def pgd_robust(model, x, y, eps, steps, u, max_steps=None):
-    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, step pgd_step), starting at eps * u: u holds
-    each image's own random direction (random_starts). max_steps: stop every PGD there (the command tests'
-    SAT_SMOKE=1, see sat_smoke.smoke_settings)."""
-    return attack.pgd_eval(model, x, y, eps, pgd_step(eps, steps), min(steps, max_steps or steps), delta0=eps * u) == -1
-
-
-def random_starts(x, first, seed):
-    """u (B, ...) uniform in [-1, 1], image i's drawn from a generator seeded by (seed, first + i), its index in
-    the evaluated list: an image gets the same PGD start whatever batch, block or process it falls in. Every PGD
-    of one image starts at eps * u (PGD-1/10/50/200 share it, so their curve isolates the effect of more steps)."""
-    g, u = torch.Generator(), torch.empty(x.shape)
-    for i in range(len(x)):
-        g.manual_seed(seed * 2 ** 32 + first + i)
-        u[i].uniform_(-1, 1, generator=g)
-    return u.to(x.device)
-
-
-def block_seed(seed, b):
-    """The seed of block b's APGD, Square and AutoAttack, whose random draws are per batch: they attack one fixed
-    block of images at a time (sat_shards), so neither --batch-size nor the process count changes a result."""
-    return (seed * 1_000_003 + b) % 2 ** 31
+    """Robust mask under PGD-k (stage 02's early-stopping pgd_eval, its default step max(eps/4, eps/k)), starting at
+    eps * u: u holds each image's own random direction (sat_eval_run.random_starts). max_steps: stop every PGD there
+    (the command tests' SAT_SMOKE=1)."""
+    return attack.pgd_eval(model, x, y, eps, attack.default_step(eps, steps), min(steps, max_steps or steps), delta0=eps * u) == -1
 
 
 def has_relu(model):
-    return any(isinstance(m, (torch.nn.ReLU, acts.SmoothGradReLU)) for m in model.modules())
+    """Does the forward hold ReLUs (nn.ReLU, or stage 01's SmoothGradReLU)? Then the adaptive attack applies."""
+    return any(isinstance(m, torch.nn.ReLU) for m in model.modules()) or bool(acts.switchable_relus(model))
 
 
 def smooth_backward_copy(model):
@@ -132,13 +77,9 @@ def smooth_backward_copy(model):
     smooth). Its forward is the model's, bit for bit, so PGD on the copy attacks the model itself with a gradient
     that knows Table 1's trick (notebook 2: 3.7-5.2 points more than plain PGD on a ReLU model)."""
     m = copy.deepcopy(model)
-    for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.ReLU:
-                setattr(parent, name, acts.SmoothGradReLU())
-    for mod in m.modules():
-        if isinstance(mod, acts.SmoothGradReLU):
-            mod.smooth = True
+    acts.swap_activations(m, "relu", smooth_grad=True, kinds=(torch.nn.ReLU,))   # each nn.ReLU -> a SmoothGradReLU
+    for relu in acts.switchable_relus(m):
+        relu.smooth = True
     return m.eval()
 
 
@@ -178,33 +119,10 @@ def independent_attacks(model, eps, num_classes, s, seed, device):
     return atk
 
 
-def attack_params(eps, num_classes, s, adaptive):
-    """Every attack's parameters, written next to every number (per_run.csv)."""
-    e = f"eps={eps * 255:.4g}/255"
-    params = {"fgsm": f"{e} step=eps, no random start"}
-    for k in PGD_STEPS:
-        params[f"pgd{k}"] = f"{e} step={pgd_step(eps, k) * 255:.4g}/255 steps={k} random start, any-iterate"
-    params["pgd200_sg"] = (f"{e} step={pgd_step(eps, 200) * 255:.4g}/255 steps=200 through the smooth backward "
-                           f"(sigmoid({acts.PSOFTPLUS_ALPHA:g}x) for ReLU's step, BPDA-style)" if adaptive
-                           else "not run: no ReLU in the forward")
-    params.update({f"apgd_{loss}": f"torchattacks.APGD {e} steps={s['apgd_steps']} restarts=1 loss={loss}" for loss in ("ce", "dlr")})
-    if num_classes < 3:
-        params["apgd_dlr"] = "not run: the DLR loss needs at least 3 classes"
-    params["square"] = f"torchattacks.Square {e} queries={s['square_queries']} loss=margin"
-    params["apgd_t"] = (f"pyautoattack APGD-T {e} steps={s['apgd_steps']} restarts=1 targets={min(9, num_classes - 1)} loss=targeted DLR"
-                        if num_classes >= 4 else "not run: the targeted DLR loss needs at least 4 classes")
-    if s["autoattack"]:
-        params["autoattack"] = f"pyautoattack.AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000) {e}"
-    for f in EPS_FACTORS:
-        whole = " = the whole pixel box [0, 1]" if eps * f >= 1 else ""
-        params[f"eps_x{f:g}"] = f"PGD-20 at {f:g} x eps = {eps * f * 255:.4g}/255{whole}"
-    return params
-
-
 def block_masks(model, x, y, first, b, eps, num_classes, s, smooth_model=None):
     """Per-image robust masks of block b (its first image is number `first` of the evaluated list) under every
     attack. smooth_model: the adaptive attacker's copy (smooth_backward_copy), or None for a model without ReLU."""
-    u = random_starts(x, first, s["seed"])
+    u = sat_eval_run.random_starts(x, first, s["seed"])   # each image's own PGD start, whatever block it is in
     mx = s["max_pgd_steps"]
     masks = {"clean": correct(model, x, y),
              "fgsm": correct(model, attack.pgd(model, x, y, eps, eps, 1, rand_start_prob=0.0), y)}
@@ -212,13 +130,15 @@ def block_masks(model, x, y, first, b, eps, num_classes, s, smooth_model=None):
         masks[f"pgd{k}"] = pgd_robust(model, x, y, eps, k, u, mx)
     if smooth_model is not None:
         masks["pgd200_sg"] = pgd_robust(smooth_model, x, y, eps, 200, u, mx)
-    for name, atk in independent_attacks(model, eps, num_classes, s, block_seed(s["seed"], b), x.device).items():
+    for name, atk in independent_attacks(model, eps, num_classes, s, sat_eval_run.block_seed(s["seed"], b), x.device).items():
         masks[name] = correct(model, atk(x, y), y)
     for f in EPS_FACTORS:   # robust accuracy against eps (PGD-20): the eps check and the figure
         e = min(eps * f, 1.0)   # beyond 1 the ball holds the whole pixel box: every point keeps its own key
         masks[f"eps_x{f:g}"] = pgd_robust(model, x, y, e, 20, u, mx)
     return masks
 
+
+# ---- The worst case: robust only if robust to every attack ------------------------------------------------------
 
 def summarize(masks, params, eps, num_classes):
     """Accuracies (fractions) from the per-image masks of every image, the worst case, the masking flags."""
@@ -239,32 +159,27 @@ def summarize(masks, params, eps, num_classes):
     return res
 
 
-def attack_settings(autoattack=False, square_queries=SQUARE_QUERIES, apgd_steps=APGD_STEPS, seed=0, max_pgd_steps=None,
-                    block=BLOCK):
-    """Every setting that changes a result (and so goes in the cache key)."""
-    return {"autoattack": autoattack, "square_queries": square_queries, "apgd_steps": apgd_steps, "seed": seed,
-            "max_pgd_steps": max_pgd_steps, "block": block, "protocol": 4}
-
-
-def evaluate_model(model, x, y, eps, num_classes, batch_size=None, device=None, adaptive=None, **kw):
-    """Every attack on one model, on tensors x (N, C, H, W) in [0, 1] and y (N,), in this process, block by
-    block (the same numbers as stage 04's command, sharded or not). eps in [0, 1] units. adaptive: run the
-    smooth-backward PGD (default: when the model holds a ReLU). batch_size: ignored (blocks fix the batches).
+def evaluate_model(model, x, y, eps, num_classes, adaptive=None, autoattack=False, apgd_steps=APGD_STEPS,
+                   square_queries=SQUARE_QUERIES, block=BLOCK, seed=0, max_pgd_steps=None):
+    """Every attack on one model, on tensors x (N, C, H, W) in [0, 1] and y (N,), in this process, block by block
+    (the same numbers as stage 04's command, sharded or not). eps in [0, 1] units. adaptive: run the smooth-backward
+    PGD (default: when the model holds a ReLU). The other settings are the command's (--apgd-steps, ...).
     Returns accuracies (fractions), the attack parameters beside them, and the masking flags."""
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (in [0, 1] units), got {eps}")
     attack.check_pixels(x)   # a user's tensors enter here: normalised inputs are refused, once
-    s = attack_settings(**kw)
+    s = sat_eval_run.attack_settings(autoattack=autoattack, square_queries=square_queries, apgd_steps=apgd_steps,
+                                     seed=seed, max_pgd_steps=max_pgd_steps, block=block)
     model.eval()
     adaptive = has_relu(model) if adaptive is None else adaptive
     smooth = smooth_backward_copy(model) if adaptive else None
     masks = {}
-    for b, first in enumerate(range(0, len(y), s["block"])):
-        xb, yb = x[first:first + s["block"]], y[first:first + s["block"]]
+    for b, first in enumerate(range(0, len(y), block)):
+        xb, yb = x[first:first + block], y[first:first + block]
         for k, m in block_masks(model, xb, yb, first, b, eps, num_classes, s, smooth).items():
             masks.setdefault(k, []).append(m.cpu())
     masks = {k: torch.cat(v) for k, v in masks.items()}
-    return summarize(masks, attack_params(eps, num_classes, s, adaptive), eps, num_classes)
+    return summarize(masks, sat_eval_run.attack_params(sys.modules[__name__], eps, num_classes, s, adaptive), eps, num_classes)
 
 
 # ---- Masking checks (Carlini et al. 2019): numbers that cannot be reported as they are -----------------------
@@ -286,6 +201,7 @@ def masking_flags(r, num_classes):
         if k in r and r[k] < r["pgd200"] - TOL_INDEP - 1e-9:
             flags.append(f"independent: {k} {100 * r[k]:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
     return flags
+
 
 # ---- Comparison with ReLU: a difference, its 95% interval, a verdict -----------------------------------------
 
@@ -363,61 +279,7 @@ def comparison_table(rows):
     return heads, cells
 
 
-# ---- Every checkpoint under runs/ (finding them, their test images, the cache: sat_report.py) ----------------
-
-def attacks_at_full_precision():
-    """The attacks run in float32 with TF32 off: on Ampere and later GPUs cuDNN runs float32 convolutions in TF32
-    (10-bit mantissa) by default, and a low-precision gradient can weaken an attack. Called by main() before any
-    model is loaded; on the CPU the flags change nothing."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-
-
-def evaluate_checkpoint(path, args, device, position=0):
-    """Every attack on one checkpoint: its own model, data set and eps (or --eps), its test images (--subset,
-    --limit), block by block, this process's share of the blocks under torchrun (sat_shards). A killed run
-    resumes from the blocks saved. Returns (result, cached) on rank 0, (None, cached) on the other ranks.
-    The result carries the run's configuration, which the tables group by."""
-    model, ckpt = sat_models.model_from_checkpoint(path, device)
-    cfg = ckpt["config"]
-    eps_px = args.eps if args.eps is not None else cfg["eps"]
-    s = attack_settings(args.autoattack, args.square_queries, args.apgd_steps, 0, args.max_pgd_steps, args.block)
-    subset = args.subset if cfg["dataset"] == "imagenet" else "all"   # RobustBench's list names ImageNet images
-    key = sat_report.cache_key(path, args, cfg, s, subset)
-    cache = sat_report.cache_file(path, args)
-    saved = sat_processes.broadcast(None if args.no_cache else sat_report.cached_result(cache, key) or sat_report.result_of_same_final(path, ckpt, args, s, subset))
-    if saved is not None:
-        return saved, True
-    images = sat_report.test_images(cfg, args.data, args.limit, subset)
-    eps, adaptive = attack.px(eps_px), has_relu(model)
-    smooth = smooth_backward_copy(model) if adaptive else None
-    run = sat_shards.Blocks(len(images), args.block, cache[:-len(".json")] + f".parts-{sat_shards.key_hash(key)}",
-                            desc=os.path.basename(os.path.dirname(path)), position=position)
-    for b, first, x, y in run.todo(images, sat_report.loader_workers(images)):
-        run.save(b, block_masks(model, x.to(device), y.to(device), first, b, eps, cfg["num_classes"], s, smooth))
-    masks = run.gather()   # every image's masks on rank 0
-    if masks is None:
-        return None, False
-    res = summarize(masks, attack_params(eps, cfg["num_classes"], s, adaptive), eps, cfg["num_classes"])
-    res.update(run=os.path.basename(os.path.dirname(path)) + ("@best" if ckpt.get("selected") == "best" else ""), path=path, dataset=cfg["dataset"], model=cfg["model"],
-               act=cfg["act"], smooth_grad=cfg["smooth_grad"], train_attack=cfg["attack"], seed=cfg["seed"],
-               eps_px=eps_px, epochs=ckpt.get("epoch"), subset=subset, checkpoint=ckpt.get("selected", "final"),
-               recipe={**sat_report.recipe(cfg), **({"checkpoint": "best"} if ckpt.get("selected") == "best" else {})})
-    sat_files.write_json(cache, {"key": key, "result": res})
-    run.remove_parts()
-    return res, False
-
-
-def evaluate_job(job):
-    """One (path, args, device, bar position) in this process or a --jobs worker: (result, cached, seconds)."""
-    path, args, device, position = job
-    t = time.time()
-    r, cached = evaluate_checkpoint(path, args, torch.device(device), position)
-    return r, cached, time.time() - t
-
-
-# ---- main ----------------------------------------------------------------------------------------------------
+# ---- main -----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
     p = sat_cli.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
@@ -427,7 +289,8 @@ def main(argv=None):
                    "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
     p.add_argument("--checkpoint", nargs="+", default=["final"], choices=["final", "best"],
                    help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
-                   "validation PGD-10; runs with a validation split only); both: rows of each kind in one table")
+                   "validation PGD-10; runs with a validation split only); `final best`: rows of each kind in one table "
+                   "(default: final)")
     p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
     p.add_argument("--subset", default="all", choices=["all", "robustbench"],
                    help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
@@ -435,57 +298,23 @@ def main(argv=None):
     p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
     p.add_argument("--block", type=int, default=BLOCK, help="images per block: the attack batch and the unit of the "
-                   "attacks' randomness (a change re-draws APGD's and Square's; larger blocks use a GPU better)")
+                   f"attacks' randomness (a change re-draws APGD's and Square's; larger blocks use a GPU better; default: {BLOCK})")
     p.add_argument("--batch-size", type=int, default=None, help="kept for old commands: the attack batch is --block")
-    p.add_argument("--apgd-steps", type=int, default=APGD_STEPS, help="APGD iterations")
-    p.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help="Square attack queries")
+    p.add_argument("--apgd-steps", type=int, default=APGD_STEPS, help=f"APGD iterations (default: {APGD_STEPS})")
+    p.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help=f"Square attack queries (default: {SQUARE_QUERIES})")
     p.add_argument("--autoattack", action="store_true", help="also run the reference AutoAttack's standard set (slow)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
     p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
                    "thread each (default: one per core on the CPU, 1 on a GPU; under torchrun: 1, the images are split)")
-    args = p.parse_args(argv)
-    sat_cli.check_number("--limit", args.limit, 0, math.inf, hint=" (0 = every test image)")
-    sat_cli.check_number("--block", args.block, 1, math.inf)
-    if args.batch_size is not None:
-        sat_cli.check_number("--batch-size", args.batch_size, 1, math.inf)
-    sat_cli.check_number("--apgd-steps", args.apgd_steps, 1, 100_000)
-    sat_cli.check_number("--square-queries", args.square_queries, 1, 1_000_000)
-    sat_processes.check_jobs(args.jobs, 1)   # a bad --jobs: one line before any work; its default needs the device
-    rank, world, _ = sat_processes.world()
-    if world > 1 and (args.jobs or 1) > 1:
-        raise sat_cli.UserError("--jobs > 1 under torchrun: the processes already share each checkpoint's images")
-    if args.eps is not None:
-        attack.check_px("--eps", args.eps)
-    args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
-    vars(args).update(sat_smoke.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
-    if "best" in args.checkpoint and args.out == OUT_DIR:
-        args.out = OUT_DIR + "_best"   # tables of their own: rows "[best epoch]" beside the final ones if both asked
+    args = sat_eval_run.check_args(p.parse_args(argv), OUT_DIR)   # one error line per bad value, before any work
     paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
              for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)]   # or a one-line error naming the stage to run
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
-    attacks_at_full_precision()
-    device = sat_processes.start(sat_processes.pick_device(args.device))   # under torchrun: its process group, its GPU
-    say = print if rank == 0 else (lambda *a, **k: None)
-    say(f"evaluating {len(paths)} checkpoint(s) on {device}" + (f" x {world} processes" if world > 1 else "") +
-        f"; attacks: FGSM, PGD-{{{','.join(map(str, PGD_STEPS))}}} (step max(eps/4, eps/k); eps/4 for 200), "
-        f"PGD-200 through the smooth backward (ReLU models), APGD-CE/DLR and APGD-T ({args.apgd_steps} steps), "
-        f"Square ({args.square_queries} queries)" + (", AutoAttack (reference)" if args.autoattack else ""))
-    say(sat_report.ROW_HEADER)
-    jobs = 1 if world > 1 else min(args.jobs or (sat_processes.cpu_count() if device.type == "cpu" else 1), len(paths))
-    jobs = sat_smoke.smoke_settings("eval", {"jobs": jobs})["jobs"]   # SAT_SMOKE=1: in this process
-    if world > 1 and device.type == "cpu":
-        torch.set_num_threads(1)   # as in_processes: one thread per process, the same numbers as one process
     t_all = time.time()
-    results = [None] * len(paths)   # one process per checkpoint (sat_processes.in_processes); the same numbers as --jobs 1
-    for i, (r, cached, sec) in sat_processes.in_processes(evaluate_job, [(path, args, str(device), i % jobs)
-                                                                         for i, path in enumerate(paths)], jobs):
-        results[i] = r
-        if rank == 0:
-            sat_report.print_row(r, cached, sec)
-    sat_processes.stop()
-    if rank == 0:
+    results = sat_eval_run.evaluate_all(sys.modules[__name__], args, paths)   # --jobs or torchrun; a row each
+    if results is not None:   # rank 0
         comparisons = compare_with_relu(results)
         sat_report.report(results, comparison_table(comparisons) if comparisons else None, args.out, PGD_STEPS, MARGIN, t_all,
                           args.results)

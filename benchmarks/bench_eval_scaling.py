@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 import sat_data  # noqa: E402
+import sat_eval_run  # noqa: E402
 import sat_models  # noqa: E402
 import sat_processes  # noqa: E402
 import sat_shards  # noqa: E402
@@ -69,7 +70,8 @@ def worker(case):
     sat_processes.start(torch.device("cpu"))
     c = CASES[case]
     model, x, y = model_and_images(case)
-    s = ev.attack_settings(block=c["block"], **{k: v for k, v in shrunk(case).items() if k != "limit"})
+    s = sat_eval_run.attack_settings(**{"autoattack": False, "square_queries": ev.SQUARE_QUERIES, "apgd_steps": ev.APGD_STEPS,
+                                        "seed": 0, "block": c["block"], **{k: v for k, v in shrunk(case).items() if k != "limit"}})
     smooth = ev.smooth_backward_copy(model)
     rank, world, _ = sat_processes.world()
     sat_processes.gather(None)   # a barrier: every process starts the clock together

@@ -59,13 +59,13 @@ import torch.nn.functional as F  # noqa: E402
 
 import sat_cli  # noqa: E402
 import sat_data  # noqa: E402
+import sat_eval_run  # noqa: E402
 import sat_files  # noqa: E402
 import sat_models  # noqa: E402
 import sat_smoke  # noqa: E402
 
 attack = importlib.import_module("02_pgd")
 train_mod = importlib.import_module("03_adv_train")
-ev = importlib.import_module("04_eval")
 from bench_eval_scaling import passes_per_image  # noqa: E402  (this script's folder, benchmarks/, is on sys.path)
 
 ROWS = []
@@ -134,7 +134,7 @@ def peak_memory(device, fn):
 def full_precision():
     """Stage 04's attack precision (float32, TF32 off) inside the block; PyTorch's defaults restored after it."""
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
-    ev.attacks_at_full_precision()
+    sat_eval_run.attacks_at_full_precision()
     try:
         yield
     finally:

@@ -13,7 +13,7 @@ import sat_files
 import sat_models
 
 ev = importlib.import_module("04_eval")
-FAST = dict(batch_size=500, square_queries=200, apgd_steps=20)
+FAST = dict(square_queries=200, apgd_steps=20)
 
 
 @pytest.fixture(scope="session")   # once per worker, whatever runs in between

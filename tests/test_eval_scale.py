@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import sat_data
+import sat_eval_run
 import sat_files
 import sat_report
 import sat_smoke
@@ -126,7 +127,7 @@ def test_attacks_run_at_full_precision():
     try:
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("medium")
-        ev.attacks_at_full_precision()
+        sat_eval_run.attacks_at_full_precision()
         assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
@@ -158,17 +159,23 @@ def test_adaptive_attack_runs_on_relu_models_and_counts_in_the_worst_case(traine
     assert stage("01_activations").swap_activations(silu, "silu") and not ev.has_relu(silu)   # no ReLU: not run
 
 
+def attack_settings(block):
+    """Stage 04's default attack settings, with `block` images per block."""
+    return sat_eval_run.attack_settings(autoattack=False, square_queries=ev.SQUARE_QUERIES, apgd_steps=ev.APGD_STEPS, seed=0,
+                                        max_pgd_steps=None, block=block)
+
+
 def test_cache_key_holds_what_changes_a_result_and_not_the_batch_size(trained_digits, tmp_path):
     import argparse
     path = trained_digits[1]
     args = argparse.Namespace(data=None, subset="all", limit=40, eps=None, batch_size=7)
     cfg = torch.load(path, weights_only=True)["config"]
-    s = ev.attack_settings(block=10)
+    s = attack_settings(block=10)
     key = sat_report.cache_key(path, args, cfg, s)
     assert key == sat_report.cache_key(path, argparse.Namespace(**{**vars(args), "batch_size": 500}), cfg, s)
     assert "batch_size" not in json.dumps(key) and "jobs" not in json.dumps(key)
     assert key != sat_report.cache_key(path, argparse.Namespace(**{**vars(args), "limit": 41}), cfg, s)
-    assert key != sat_report.cache_key(path, args, cfg, ev.attack_settings(block=20))
+    assert key != sat_report.cache_key(path, args, cfg, attack_settings(block=20))
     other = tmp_path / "retrained.pt"   # the same path retrained: other content, other key
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
