@@ -48,7 +48,6 @@ import sat_data
 import sat_files
 import sat_models
 import sat_seeds
-import sat_smoke
 import sat_training_run
 from sat_cli import setting
 from sat_training_run import TrainingDiverged  # noqa: F401  (raised by train(); importable from here)
@@ -296,7 +295,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     """Train one configuration to the end and return the path of its final.pt. resume=True continues from its
     checkpoint.pt if there is one, so the same command restarted after a crash at any moment ends with the
     weights of an uninterrupted run. `run` (sat_training_run.Run) holds that bookkeeping; skip it on a first read."""
-    cfg = Config(**sat_smoke.smoke_settings("train", dataclasses.asdict(validate(cfg))))   # SAT_SMOKE=1: seconds of work
+    cfg = validate(cfg)
     run = sat_training_run.Run(cfg, run_name(cfg), cfg.out or os.path.join(OUT_DIR, run_name(cfg)),
                                resume, force, stop_after_epoch, quiet)   # skip, resume or start? torchrun's rank
     if run.finished:                                   # trained already, with the same settings
@@ -314,7 +313,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
         train_ds, check_ds = sat_data.validation_split(train_ds, plain, cfg.val_size)
     else:              # no validation split: the first test images, watched but never used to choose
         check_ds = sat_data.get_dataset(cfg.dataset, "test", cfg.data, cfg.image_size, cfg.download)
-    run.loader(train_ds)                               # this process's share of each batch, shuffled by (seed, epoch)
+    loader = run.loader(train_ds)                      # this process's share of each batch, shuffled by (seed, epoch)
     n_check = min(cfg.check_size, len(check_ds))       # images of the per-epoch check
     check = torch.utils.data.DataLoader(torch.utils.data.Subset(check_ds, range(n_check)), batch_size=n_check)
     x_check, y_check = (t.to(device) for t in next(iter(check)))
@@ -324,7 +323,7 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, run.steps_per_epoch)
+    scheduler = make_scheduler(optimizer, cfg, loader.steps_per_epoch)
     autocast, scaler = autocast_for(cfg, device)
     fwd_model, attack_model = run.restore(model, optimizer, scheduler, scaler)   # resume; DDP; torch.compile
 
@@ -334,13 +333,13 @@ def train(cfg: Config, resume=False, force=False, stop_after_epoch=None, quiet=F
     run.say(f"\n{run.name}: {cfg.model} act={cfg.act} smooth_grad={cfg.smooth_grad} attack={cfg.attack}"
             f"{'-' + str(steps) if steps else ''} eps={cfg.eps:g}/255 step={step * 255:.2f}/255"
             f"{f' {cfg.image_size}px' if cfg.dataset == 'imagenet' else ''} on {device}, "
-            f"{run.world} process(es), {run.steps_per_epoch} steps/epoch")
+            f"{run.world} process(es), {loader.steps_per_epoch} steps/epoch")
     run.say(f"per-epoch check: clean and PGD-10 accuracy on {n_check} " + (
         f"validation images (held out of training); best.pt keeps the epoch with the best PGD-10" if cfg.val_size else
         f"test images: a monitor only, no epoch is chosen by it (--val-size N holds out a validation split)"))
     run.say(f"{'epoch':>5} {'lr':>8} {'loss':>7} {'adv_acc':>8} {'chk_clean':>9} {'chk_pgd10':>9} {'sec':>6}")
     for epoch in range(run.start_epoch, cfg.epochs):
-        for i, (x, y) in run.batches(epoch):          # after a restart: from the step the checkpoint had reached
+        for i, (x, y) in run.batches(loader, epoch):  # after a restart: from the step the checkpoint had reached
             x = x.to(device, non_blocking=True).to(memory_format=memory_format)
             y = y.to(device, non_blocking=True)
             loss, logits = smooth_grad_step(fwd_model, x, y, optimizer, eps, step, steps, cfg.rand_start_prob, cfg.smooth_grad,

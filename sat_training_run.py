@@ -1,7 +1,7 @@
 """The harness of stage 03's training loop: a reader of the paper may skip all of it; nothing here is an algorithm.
 
-`Run` is what 03's train() calls at a few named points (restore, batches, after_step, end_epoch, save, finish):
-the skip / resume / force decision, exact resume (mid-epoch checkpoints, random states, `EpochSampler`),
+`Run` is what 03's train() calls at a few named points (loader, restore, batches, after_step, end_epoch, save, finish):
+the skip / resume / force decision, exact resume (mid-epoch checkpoints, random states, `EpochLoader`),
 DistributedDataParallel set-up and restarts under torchrun, the divergence and catastrophic-overfitting checks,
 checkpoint.pt / final.pt / log.csv. `sweep` is 03's main(): the runs a command line asks for, one after the
 other or `--jobs` at a time, each in a process of its own.
@@ -40,187 +40,75 @@ class TrainingDiverged(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------
-# One run
+# One run: Run is what train() calls; each part of its state is an object of its own, whole from its start
 
 class Run:
-    """The bookkeeping of one training run around the loop of 03's train(), in the order train() calls it:
-      Run(...)         decides between a fresh start, a resume and a skip (run.finished) before anything is written
-      loader(ds)       the DataLoader over an EpochSampler: the same batches after a resume as without one
-      restore(...)     the state of checkpoint.pt (resume), then DDP and torch.compile; returns the models to use
-      batches(epoch)   the epoch's (step, (x, y)), from where a mid-epoch checkpoint left off, with a progress bar
-      after_step(...)  running loss and accuracy, the divergence check (one host sync every 20 steps), and
-                       checkpoint.pt every cfg.checkpoint_every steps
-      end_epoch(...)   the epoch's row of the table, and the catastrophic-overfitting check
-      save()           checkpoint.pt and log.csv; True if --stop-after-epoch says to stop here
-      finish()         final.pt; under torchrun, a check that every process ends with the same weights
-    """
+    """The bookkeeping of one training run around the loop of 03's train(), at the points train() calls, in order:
+      Run(...)             this process's rank and device; the skip / resume / fresh decision (run.finished), made
+                           before anything is written; a resumed run's settings and record (run.history)
+      loader(ds), restore  an EpochLoader; checkpoint.pt's state into the model, optimizer, ...; DDP, torch.compile
+      batches(loader, e)   epoch e's (step, (x, y)), from where a mid-epoch checkpoint left off, with a progress bar
+      after_step, end_epoch   the epoch's Totals, divergence check, mid-epoch checkpoint; its row, History's checks
+      save(), finish()     checkpoint.pt and log.csv (True: --stop-after-epoch stops here); final.pt
+    Set after __init__: only what train() hands over, restore's objects (Trained) and each epoch's Totals."""
 
     def __init__(self, cfg, name, run_dir, resume=False, force=False, stop_after_epoch=None, quiet=False):
-        self.rank, self.world, local_rank = sat_processes.world()
-        if cfg.batch_size % self.world:
-            raise sat_cli.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {self.world} processes")
-        self.device = sat_processes.pick_device(cfg.device)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
+        cfg = type(cfg)(**sat_smoke.smoke_settings("train", dataclasses.asdict(cfg)))   # SAT_SMOKE=1: seconds of work
+        self.rank, self.world, self.device = place(cfg)
         self.name, self.run_dir, self.stop_after_epoch, self.quiet = name, run_dir, stop_after_epoch, quiet
         self.ckpt_path, self.final_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "final.pt")
         self.best_path = os.path.join(run_dir, "best.pt")   # with a validation split: the best epoch (Rice et al.)
         self.say = print if self.rank == 0 else (lambda *a, **k: None)
         if self.rank == 0:
             sat_cli.check_out_dir(run_dir)
-
-        # Decide between a fresh start, a resume and a skip BEFORE anything is written.
-        self.state, self.finished = None, False
-        if os.path.isfile(self.final_path) and not force:
-            done = sat_files.load_checkpoint(self.final_path)["config"]
-            diff = [f"{k} {done.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
-                    if done.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
-            if diff:
-                raise sat_cli.UserError(f"{self.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
-            self.say(f"{name}: finished already ({self.final_path}); --force retrains it")
-            self.finished = True
-            return
-        if resume and os.path.isfile(self.ckpt_path):
-            self.state = sat_files.load_checkpoint(self.ckpt_path)   # corrupt / foreign: one line, exit 2, the file kept
-            if self.state.get("kind") != "train":
-                raise sat_cli.UserError(f"{self.ckpt_path!r} is not a training checkpoint of stage 03")
-            cfg = type(cfg)(**self.state["config"])                    # a resumed run keeps its own settings
-        elif resume:
-            self.say(f"{name}: no checkpoint at {self.ckpt_path} yet, starting from scratch")
-        elif os.path.isfile(self.ckpt_path) and not force:
-            raise sat_cli.UserError(f"{self.ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
-        self.cfg = cfg
-        if self.rank == 0:
-            sat_files.remove_stale_temporaries(run_dir)   # left by a process killed while writing a checkpoint
-            if self.state is None and os.path.isfile(self.best_path):
-                os.remove(self.best_path)                     # an earlier run's best epoch: this one starts over
+        self.cfg, self.state, self.finished = decide(cfg, self, resume, force)
+        self.history = History(self.state, self.cfg)
+        self.start_epoch = self.history.start_epoch
+        self.ckpt = self.state   # the last checkpoint: a resumed run that had finished its last epoch writes it as final.pt
+        self.trained = None      # (bare model, optimizer, scheduler, scaler): restore()
+        self.totals = None       # the running epoch's Totals: batches()
+        if self.rank == 0 and not self.finished:
+            tidy(run_dir, self.best_path, fresh=self.state is None)
 
     def loader(self, train_ds):
-        """DistributedSampler also for one process: its shuffle depends only on (seed, epoch), so a resumed
-        run sees the same batches as an uninterrupted one. Each process loads batch_size / world images a step."""
-        cfg = self.cfg
-        self.sampler = EpochSampler(train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        self.per_batch = cfg.batch_size // self.world
-        self._loader = torch.utils.data.DataLoader(train_ds, batch_size=self.per_batch, sampler=self.sampler,
-                                                   num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                                   drop_last=True, persistent_workers=cfg.workers > 0)
-        self.steps_per_epoch = min(len(self._loader), cfg.steps_per_epoch or len(self._loader))
-        if self.steps_per_epoch == 0:
-            raise sat_cli.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
-        return self._loader
+        """This process's share of each batch, shuffled by (seed, epoch): an EpochLoader."""
+        return EpochLoader(self.cfg, train_ds, self.rank, self.world, self.device)
 
     def restore(self, model, optimizer, scheduler, scaler):
         """Load checkpoint.pt's state when resuming; wrap the model for DDP (torchrun) and torch.compile.
         Returns (the model to train, the model the attacker queries: the bare one, so that it syncs nothing)."""
-        self.bare, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.start_epoch, self.history, self.partial = 0, [], None
-        state = self.state
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            self.start_epoch, self.history = state["epoch"], list(state["metrics"]["history"])
-            self.partial = state.get("partial")   # set when written in the middle of an epoch
-            sat_seeds.set_rng_state(state["rng"])
+        self.trained = Trained(model, optimizer, scheduler, scaler)
+        if self.state is not None:
+            load_state(self.state, self.trained)
+            partial = self.history.partial
             self.say(f"{self.name}: resumed from {self.ckpt_path} after epoch {self.start_epoch}"
-                     + (f" and {self.partial['step']} steps of epoch {self.start_epoch + 1}" if self.partial else ""))
+                     + (f" and {partial['step']} steps of epoch {self.start_epoch + 1}" if partial else ""))
         if self.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if state is not None and state.get("rank_buffers"):   # after DDP, which copies rank 0's buffers to all
-                with torch.no_grad():
-                    for buf, saved in zip(self.bare.buffers(), state["rank_buffers"][self.rank]):
-                        buf.copy_(saved)
-        self.best_pgd10, self.co_epoch, self.is_best = -1.0, None, False
-        self.ckpt = state   # a resumed run that had finished its last epoch goes straight to writing final.pt
-        for row in self.history:
-            self.best_pgd10 = max(self.best_pgd10, row["check_pgd10_acc"])
-        if state is not None:
-            self.co_epoch = state["metrics"].get("catastrophic_overfitting_epoch")
+            model = distributed(model, self.device, self.state, self.rank)
         compiled = self.cfg.compile
-        return (torch.compile(model) if compiled else model), (torch.compile(self.bare) if compiled else self.bare)
+        return (torch.compile(model) if compiled else model), (torch.compile(self.trained.model) if compiled else self.trained.model)
 
-    def checkpoint(self, epochs_done, partial=None):
-        """Everything needed to continue: after `epochs_done` epochs, plus `partial` steps of the next one.
-        Called by every process (the BN statistics of all are gathered); rank 0 writes the result."""
-        return {"kind": "train", "model": self.bare.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else {},
-                "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(self.cfg),
-                "rng": sat_seeds.rng_state(), "rank_buffers": gather_buffers(self.bare, self.world),
-                "metrics": {"history": self.history, "catastrophic_overfitting_epoch": self.co_epoch}}
-
-    def batches(self, epoch):
-        """enumerate(batches of `epoch`), starting after the steps a mid-epoch checkpoint had trained."""
-        from tqdm import tqdm
-        partial, device = self.partial, self.device
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-        done = partial["step"] if partial else 0      # steps of this epoch trained before a restart
-        self.sampler.first, self.sampler.last = done * self.per_batch, self.steps_per_epoch * self.per_batch
-        self.loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=device)
-        self.correct = torch.tensor(partial["correct"] if partial else 0.0, device=device)
-        self.seen = partial["seen"] if partial else 0
-        self.t0 = time.time() - (partial["seconds"] if partial else 0.0)
-        batches = iter(self._loader)   # draws the loader's seed from the global RNG, as the uninterrupted run did ...
-        if partial:                    # ... which had then trained `done` steps: continue from the RNG as it was then
-            sat_seeds.set_rng_state(self.state["rng"])
-        self.partial = None
-        self.bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
-                        disable=self.quiet or self.rank != 0, initial=done, total=self.steps_per_epoch)
-        return enumerate(self.bar, start=done)
+    def batches(self, loader, epoch):
+        """enumerate(batches of `epoch`), starting after the steps a mid-epoch checkpoint had trained (Totals)."""
+        partial, self.history.partial = self.history.partial, None   # a mid-epoch checkpoint's steps: this epoch only
+        self.totals = Totals(self, loader, epoch, partial)
+        return self.totals.batches
 
     def after_step(self, i, loss, logits, y):
-        """Step i of the epoch is done: add it to the running loss and accuracy (on the device: no sync), check
-        them every 20 steps, and write a mid-epoch checkpoint every cfg.checkpoint_every steps."""
-        self.loss_sum += loss * len(y)
-        self.correct += (logits.argmax(1) == y).sum()
-        self.seen += len(y)
-        if i % 20 == 0 or i == self.steps_per_epoch - 1:   # one host sync every 20 steps, not every step
-            mean_loss = self.loss_sum.item() / self.seen
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(f"{self.name}: loss became {mean_loss} in epoch {self.epoch + 1}; stopped. "
-                                       f"The last good checkpoint (if any) is kept at {self.ckpt_path}. Lower --lr-per-256?")
-            self.bar.set_postfix(loss=f"{mean_loss:.3f}")
-        every = self.cfg.checkpoint_every
-        if every and (i + 1) % every == 0 and i + 1 < self.steps_per_epoch:
-            mid = self.checkpoint(self.epoch, {"step": i + 1, "loss_sum": self.loss_sum.item(), "correct": self.correct.item(),
-                                               "seen": self.seen, "seconds": time.time() - self.t0})
-            if self.rank == 0:
-                sat_files.save_checkpoint(mid, self.ckpt_path)
+        """Step i of the epoch is done: the running totals, the divergence check, a mid-epoch checkpoint (Totals)."""
+        self.totals.after_step(i, loss, logits, y)
 
     def end_epoch(self, lr, check_clean, check_pgd10):
-        """The epoch's row (COLUMNS) and a warning ('' or why catastrophic overfitting is suspected)."""
-        row = dict(epoch=self.epoch + 1, lr=lr, loss=self.loss_sum.item() / self.seen,
-                   train_adv_acc=self.correct.item() / self.seen, check_clean_acc=check_clean,
-                   check_pgd10_acc=check_pgd10, seconds=time.time() - self.t0)
-        history = self.history
-        history.append(row)
-        # Catastrophic overfitting (Wong et al. 2020): the multi-step (PGD-10) accuracy collapses while the
-        # single-step training accuracy keeps rising: the model has learned to mask the one-step attack.
-        warning = ""
-        if (self.cfg.attack != "none" and check_pgd10 < self.best_pgd10 - 0.2 and len(history) > 1
-                and row["train_adv_acc"] > history[-2]["train_adv_acc"]):
-            self.co_epoch = self.co_epoch or self.epoch + 1
-            warning = "  <- catastrophic overfitting? PGD-10 collapsed while train accuracy rose"
-        # Early stopping (Rice et al. 2020): with a validation split, the epoch of the best PGD-10 accuracy on it
-        # (the first, on a tie) is kept as best.pt; the test images never enter the choice.
-        self.is_best = self.cfg.val_size > 0 and check_pgd10 > self.best_pgd10
-        if self.is_best:
-            warning += "  <- best so far (best.pt)"
-        self.best_pgd10 = max(self.best_pgd10, check_pgd10)
-        return row, warning
+        """The epoch's row (COLUMNS) and a warning ('' or why catastrophic overfitting is suspected, or best.pt)."""
+        row = self.totals.row(lr, check_clean, check_pgd10)
+        return row, self.history.add(row)
 
     def save(self):
         """checkpoint.pt and log.csv after the epoch; True when --stop-after-epoch asks to stop here."""
-        self.ckpt = self.checkpoint(self.epoch + 1)
+        done, stop = self.totals.epoch + 1, self.stop_after_epoch
+        self.ckpt = checkpoint_state(self, done)
         if self.rank == 0:
-            if self.is_best:   # before checkpoint.pt: a crash in between redoes this epoch, and writes it again
-                sat_files.save_checkpoint({**self.ckpt, "finished": True, "selected": "best"}, self.best_path)
-            sat_files.save_checkpoint(self.ckpt, self.ckpt_path)
-            write_csv(os.path.join(self.run_dir, "log.csv"), self.history)
-        done, stop = self.epoch + 1, self.stop_after_epoch
+            write_epoch(self, self.ckpt)   # best.pt (the best epoch so far), checkpoint.pt, log.csv
         if stop is not None and done >= stop and done < self.cfg.epochs:
             self.say(f"{self.name}: stopping after epoch {done} as asked (--stop-after-epoch); --resume continues")
             return True
@@ -230,15 +118,221 @@ class Run:
         """final.pt (checkpoint.pt's dict, marked finished); returns its path."""
         if self.rank == 0:
             sat_files.save_checkpoint({**self.ckpt, "finished": True}, self.final_path)
-            total = sum(r["seconds"] for r in self.history)
-            best = max(self.history, key=lambda r: r["check_pgd10_acc"]) if self.cfg.val_size else None
-            self.say(f"{self.name}: trained in {total:.1f} s (the sum of its epochs) -> {self.final_path}"
-                     + (f"; best.pt: epoch {best['epoch']}, validation PGD-10 {100 * best['check_pgd10_acc']:.1f}%" if best else "")
-                     + (f"  (catastrophic overfitting flagged at epoch {self.co_epoch})" if self.co_epoch else ""))
+            self.say(f"{self.name}: trained in {self.history.seconds():.1f} s (the sum of its epochs) -> {self.final_path}"
+                     + self.history.summary())
         if self.world > 1:
-            assert_ranks_agree(self.bare, self.world, self.device)
+            assert_ranks_agree(self.trained.model, self.world, self.device)
             self.say(f"{self.name}: all {self.world} ranks hold identical weights")
         return self.final_path
+
+
+def place(cfg):
+    """(rank, world size, device) of this process: under torchrun on CUDA, its own GPU (LOCAL_RANK)."""
+    rank, world, local_rank = sat_processes.world()
+    if cfg.batch_size % world:
+        raise sat_cli.UserError(f"--batch-size {cfg.batch_size} (global) must divide by the {world} processes")
+    device = sat_processes.pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def decide(cfg, run, resume, force):
+    """(cfg, checkpoint.pt's state or None, finished): a fresh start, a resume or a skip, decided BEFORE anything is
+    written. A finished run is reused only with the same training settings; a resumed run keeps its own settings."""
+    if os.path.isfile(run.final_path) and not force:
+        done = sat_files.load_checkpoint(run.final_path)["config"]
+        diff = [f"{k} {done.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
+                if done.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
+        if diff:
+            raise sat_cli.UserError(f"{run.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
+        run.say(f"{run.name}: finished already ({run.final_path}); --force retrains it")
+        return cfg, None, True
+    state = None
+    if resume and os.path.isfile(run.ckpt_path):
+        state = sat_files.load_checkpoint(run.ckpt_path)   # corrupt / foreign: one line, exit 2, the file kept
+        if state.get("kind") != "train":
+            raise sat_cli.UserError(f"{run.ckpt_path!r} is not a training checkpoint of stage 03")
+        cfg = type(cfg)(**state["config"])                  # a resumed run keeps its own settings
+    elif resume:
+        run.say(f"{run.name}: no checkpoint at {run.ckpt_path} yet, starting from scratch")
+    elif os.path.isfile(run.ckpt_path) and not force:
+        raise sat_cli.UserError(f"{run.ckpt_path!r} holds an unfinished run; pass --resume to continue it or --force to start over")
+    return cfg, state, False
+
+
+def checkpoint_state(run, epochs_done, partial=None):
+    """checkpoint.pt's dict: everything `run` needs to continue after `epochs_done` epochs, plus `partial` steps of the
+    next one. Called by every process (the BN statistics of all are gathered); rank 0 writes the result."""
+    t, history = run.trained, run.history
+    return {"kind": "train", "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict() if t.scaler else {},
+            "epoch": epochs_done, "partial": partial, "config": dataclasses.asdict(run.cfg),
+            "rng": sat_seeds.rng_state(), "rank_buffers": gather_buffers(t.model, run.world),
+            "metrics": {"history": history.rows, "catastrophic_overfitting_epoch": history.co_epoch}}
+
+
+def write_epoch(run, ckpt):
+    """Rank 0's files after an epoch: best.pt if it is the best epoch so far, checkpoint.pt, log.csv."""
+    if run.history.is_best:   # before checkpoint.pt: a crash in between redoes this epoch, and writes it again
+        sat_files.save_checkpoint({**ckpt, "finished": True, "selected": "best"}, run.best_path)
+    sat_files.save_checkpoint(ckpt, run.ckpt_path)
+    write_csv(os.path.join(run.run_dir, "log.csv"), run.history.rows)
+
+
+def tidy(run_dir, best_path, fresh):
+    """Before a run starts or resumes: the temporary file of a write a kill interrupted goes, and on a fresh start an
+    earlier run's best.pt (this one chooses its own best epoch)."""
+    sat_files.remove_stale_temporaries(run_dir)
+    if fresh and os.path.isfile(best_path):
+        os.remove(best_path)
+
+
+class Trained:
+    """What train() hands to Run.restore: the bare model (never the DDP or compiled wrapper), its optimizer,
+    scheduler and fp16 scaler (or None): what a checkpoint holds."""
+
+    def __init__(self, model, optimizer, scheduler, scaler):
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+
+
+def load_state(state, trained):
+    """checkpoint.pt's state into the training objects, and the random states of the moment it was written."""
+    trained.model.load_state_dict(state["model"])
+    trained.optimizer.load_state_dict(state["optimizer"])
+    trained.scheduler.load_state_dict(state["scheduler"])
+    if trained.scaler is not None and state.get("scaler"):
+        trained.scaler.load_state_dict(state["scaler"])
+    sat_seeds.set_rng_state(state["rng"])
+
+
+def distributed(model, device, state, rank):
+    """The model in DistributedDataParallel; after a resume, this process's own buffers (BatchNorm statistics) back,
+    which DDP overwrote with rank 0's."""
+    bare = model
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if state is not None and state.get("rank_buffers"):   # after DDP, which copies rank 0's buffers to all
+        with torch.no_grad():
+            for buf, saved in zip(bare.buffers(), state["rank_buffers"][rank]):
+                buf.copy_(saved)
+    return model
+
+
+class History:
+    """The epochs trained so far (log.csv's rows; a resumed run's, from its checkpoint) and what is read off them:
+    the best check PGD-10 so far, the epoch catastrophic overfitting was first flagged, whether the last epoch is
+    the best (best.pt), and a mid-epoch checkpoint's steps of the next epoch (`partial`, until batches() takes it)."""
+
+    def __init__(self, state, cfg):
+        self.attack, self.val_size = cfg.attack, cfg.val_size
+        self.rows = list(state["metrics"]["history"]) if state else []
+        self.start_epoch = state["epoch"] if state else 0
+        self.partial = state.get("partial") if state else None   # set when written in the middle of an epoch
+        self.co_epoch = state["metrics"].get("catastrophic_overfitting_epoch") if state else None
+        self.best_pgd10 = max([-1.0] + [r["check_pgd10_acc"] for r in self.rows])
+        self.is_best = False
+
+    def add(self, row):
+        """The epoch's row; returns a warning ('' or what the checks found)."""
+        rows = self.rows
+        rows.append(row)
+        # Catastrophic overfitting (Wong et al. 2020): the multi-step (PGD-10) accuracy collapses while the
+        # single-step training accuracy keeps rising: the model has learned to mask the one-step attack.
+        warning = ""
+        if (self.attack != "none" and row["check_pgd10_acc"] < self.best_pgd10 - 0.2 and len(rows) > 1
+                and row["train_adv_acc"] > rows[-2]["train_adv_acc"]):
+            self.co_epoch = self.co_epoch or row["epoch"]
+            warning = "  <- catastrophic overfitting? PGD-10 collapsed while train accuracy rose"
+        # Early stopping (Rice et al. 2020): with a validation split, the epoch of the best PGD-10 accuracy on it
+        # (the first, on a tie) is kept as best.pt; the test images never enter the choice.
+        self.is_best = self.val_size > 0 and row["check_pgd10_acc"] > self.best_pgd10
+        if self.is_best:
+            warning += "  <- best so far (best.pt)"
+        self.best_pgd10 = max(self.best_pgd10, row["check_pgd10_acc"])
+        return warning
+
+    def seconds(self):
+        return sum(r["seconds"] for r in self.rows)
+
+    def summary(self):
+        """The end of the run's last line: its best epoch (with a validation split), a collapse if one was flagged."""
+        best = max(self.rows, key=lambda r: r["check_pgd10_acc"]) if self.val_size else None
+        return ((f"; best.pt: epoch {best['epoch']}, validation PGD-10 {100 * best['check_pgd10_acc']:.1f}%" if best else "")
+                + (f"  (catastrophic overfitting flagged at epoch {self.co_epoch})" if self.co_epoch else ""))
+
+
+class Totals:
+    """One epoch of `run`: its batches (from the step a mid-epoch checkpoint, `partial`, had reached, with a progress
+    bar), its running loss and accuracy, kept on the device (adding them reads no tensor: no GPU sync), a restarted
+    epoch's starting from the checkpoint's, and its mid-epoch checkpoints."""
+
+    def __init__(self, run, loader, epoch, partial):
+        from tqdm import tqdm
+        self.run, self.epoch, self.steps = run, epoch, loader.steps_per_epoch
+        done = partial["step"] if partial else 0      # steps of this epoch trained before a restart
+        batches = loader.epoch(epoch, done)  # draws the loader's seed from the global RNG, as the uninterrupted run did ...
+        if partial:                          # ... which had then trained `done` steps: continue from the RNG as it was then
+            sat_seeds.set_rng_state(run.state["rng"])
+        self.bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False,
+                        disable=run.quiet or run.rank != 0, initial=done, total=self.steps)
+        self.batches = enumerate(self.bar, start=done)
+        self.loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=run.device)
+        self.correct = torch.tensor(partial["correct"] if partial else 0.0, device=run.device)
+        self.seen = partial["seen"] if partial else 0
+        self.t0 = time.time() - (partial["seconds"] if partial else 0.0)
+
+    def after_step(self, i, loss, logits, y):
+        """Step i's loss and accuracy; every 20 steps (one host sync) the divergence check and the bar's loss; every
+        cfg.checkpoint_every steps a mid-epoch checkpoint."""
+        run = self.run
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+        if i % 20 == 0 or i == self.steps - 1:   # one host sync every 20 steps, not every step
+            mean_loss = self.loss_sum.item() / self.seen
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(f"{run.name}: loss became {mean_loss} in epoch {self.epoch + 1}; stopped. "
+                                       f"The last good checkpoint (if any) is kept at {run.ckpt_path}. Lower --lr-per-256?")
+            self.bar.set_postfix(loss=f"{mean_loss:.3f}")
+        every = run.cfg.checkpoint_every
+        if every and (i + 1) % every == 0 and i + 1 < self.steps:
+            mid = checkpoint_state(run, self.epoch, {"step": i + 1, "loss_sum": self.loss_sum.item(), "correct": self.correct.item(),
+                                              "seen": self.seen, "seconds": time.time() - self.t0})
+            if run.rank == 0:
+                sat_files.save_checkpoint(mid, run.ckpt_path)
+
+    def row(self, lr, check_clean, check_pgd10):
+        """The epoch's row of log.csv (COLUMNS)."""
+        return dict(epoch=self.epoch + 1, lr=lr, loss=self.loss_sum.item() / self.seen,
+                    train_adv_acc=self.correct.item() / self.seen, check_clean_acc=check_clean,
+                    check_pgd10_acc=check_pgd10, seconds=time.time() - self.t0)
+
+
+class EpochLoader:
+    """The training DataLoader over an EpochSampler, this process's share of each batch (batch_size / world images a
+    step); epoch(e, first_step) is epoch e's batches from step `first_step` on, the same after a resume as without."""
+
+    def __init__(self, cfg, train_ds, rank, world, device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        # (this is Run.loader's body as it was: DistributedSampler also for one process, whose shuffle depends only on
+        # (seed, epoch), so a resumed run sees the same batches as an uninterrupted one)
+        cfg = self.cfg
+        self.sampler = EpochSampler(train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        self.per_batch = cfg.batch_size // self.world
+        self._loader = torch.utils.data.DataLoader(train_ds, batch_size=self.per_batch, sampler=self.sampler,
+                                                   num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                                   drop_last=True, persistent_workers=cfg.workers > 0)
+        self.steps_per_epoch = min(len(self._loader), cfg.steps_per_epoch or len(self._loader))
+        if self.steps_per_epoch == 0:
+            raise sat_cli.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
+
+    def epoch(self, epoch, first_step=0):
+        """An iterator over epoch `epoch`'s batches from step `first_step` on (made now: it draws the DataLoader's
+        seed from the global random state)."""
+        self.sampler.set_epoch(epoch)
+        self.sampler.first, self.sampler.last = first_step * self.per_batch, self.steps_per_epoch * self.per_batch
+        return iter(self._loader)
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
