@@ -10,7 +10,8 @@ paper's training code was never released; this file is a from-scratch implementa
 
 Each step: (1) the attacker (stage 02's pgd, PGD-1 by default) maximises the loss over delta, with BatchNorm
 statistics frozen; (2) the optimizer takes one SGD step on the loss at x + delta. SAT = the same loop with
-a smooth activation (stage 01) instead of ReLU.
+a smooth activation (stage 01) instead of ReLU. That step, adversarial_training_step, runs pasted into your code
+beside stage 02's pgd (docs/SNIPPETS.md); smooth_grad_step wraps it with Table 1's attacker/optimizer switch.
 
 Run it (`--help` lists every setting with its unit, range and default):
     python 03_adv_train.py                   # digits, CPU: Table 1's 4 rows + Figure 3's 7 activations, 42-55 s

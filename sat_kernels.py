@@ -1,5 +1,7 @@
-"""Stage 01's fast paths: hand-written kernels for Parametric Softplus, SmoothReLU and ELU. A reader of the paper may
-skip all of it: the formulas are the plain torch expressions in 01_activations.py, which autograd differentiates.
+"""Stage 01's fast paths, hand-written kernels: a reader of the paper may skip all of it; the formulas are in 01.
+
+Parametric Softplus, SmoothReLU and ELU computed in fewer passes over memory. Their formulas are the plain torch
+expressions in 01_activations.py, which autograd differentiates and a user copies.
 
 01_activations.make_activation builds its modules on these kernels (FastParametricSoftplus, FastSmoothReLU,
 FastELU there) unless asked for the plain formulas (fast=False); tests/test_activations.py holds both to 1e-12 in
