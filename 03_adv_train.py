@@ -25,7 +25,7 @@ Run it (`--help` lists every setting with its unit, range and default):
                                              # the paper's ResNet-50 recipe (preset 'imagenet')
 A sweep trains `--jobs N` runs at once (default: one per core), with the same weights as `--jobs 1`. After a
 crash, the same command with `--resume` ends with an uninterrupted run's weights (`--checkpoint-every N` also
-checkpoints inside an epoch). The harness behind that (resume, torchrun, sweeps): sat_training_run.py.
+checkpoints inside an epoch). The harness behind that: sat_training_run.py (resume, torchrun), sat_sweep.py (sweeps).
 Writes, per run, in runs/03_adv_train/<dataset>_[<model>_]<act>[_sg-<mode>]_s<seed>/:
     checkpoint.pt   every epoch (and every --checkpoint-every steps): model, optimizer, scheduler, scaler,
                     epoch, config, rng, metrics; final.pt: the same once finished (stage 04 evaluates it);
@@ -49,6 +49,7 @@ import sat_data
 import sat_files
 import sat_models
 import sat_seeds
+import sat_sweep
 import sat_training_run
 from sat_cli import setting
 from sat_training_run import TrainingDiverged  # noqa: F401  (raised by train(); importable from here)
@@ -371,12 +372,12 @@ def parse_args(argv=None):
         "image_size": "the model's usual one (224 for ResNets)",
         "attack_step": "0; the fashionmnist preset: 1.25 x eps"})
     p.set_defaults(dataset="digits")
-    sat_training_run.add_sweep_flags(p)
+    sat_sweep.add_sweep_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    sat_training_run.sweep(sys.modules[__name__], parse_args(argv))
+    sat_sweep.sweep(sys.modules[__name__], parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sat_data
 import sat_files
 import sat_models
 import sat_seeds
-import sat_training_run
+import sat_sweep
 from conftest import ROOT, free_port
 
 
@@ -219,11 +219,11 @@ def test_finished_run_is_reused_only_with_the_same_settings(train_mod, tmp_path)
 def test_several_models_each_at_its_usual_resolution_in_its_own_folder(train_mod, tmp_path):
     args = train_mod.parse_args(["--dataset", "imagenet", "--model", "resnet101", "efficientnet_b3", "--act", "silu", "relu",
                                  "--smooth-grad", "none", "--out", str(tmp_path)])
-    cfgs = sat_training_run.configs_from_args(train_mod, args)
+    cfgs = sat_sweep.configs_from_args(train_mod, args)
     assert [(c.model, c.act, c.image_size, os.path.basename(c.out)) for c in cfgs] == [
         ("resnet101", "relu", 224, "imagenet_resnet101_relu_s0"), ("resnet101", "silu", 224, "imagenet_resnet101_silu_s0"),
         ("efficientnet_b3", "relu", 300, "imagenet_efficientnet_b3_relu_s0"), ("efficientnet_b3", "silu", 300, "imagenet_efficientnet_b3_silu_s0")]
-    sized = sat_training_run.configs_from_args(train_mod, train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
+    sized = sat_sweep.configs_from_args(train_mod, train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
                                                               "--act", "silu", "--image-size", "64"]))
     assert sized[0].image_size == 64 and os.path.basename(sized[0].out) == "imagenet_efficientnet_b3_silu_s0"
 
@@ -295,7 +295,7 @@ def test_parser_is_generated_from_config(train_mod, capsys, tmp_path):
             assert code == 2 and "unknown" in err and "'bogus'; accepted: " + ", ".join(f.metadata["choices"]) in err, err
     assert not list(tmp_path.iterdir())                       # refused before any run folder
     args = train_mod.parse_args(["--momentum", "0.5", "--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path)])
-    assert sat_training_run.configs_from_args(train_mod, args)[0].momentum == 0.5   # the flag momentum lacked
+    assert sat_sweep.configs_from_args(train_mod, args)[0].momentum == 0.5   # the flag momentum lacked
 
 
 def test_sweep_with_missing_data_is_refused_before_it_starts(train_mod, capsys, tmp_path):
