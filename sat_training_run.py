@@ -94,13 +94,19 @@ class Run:
 
     def loader(self, train_ds):
         """DistributedSampler also for one process: its shuffle depends only on (seed, epoch), so a resumed
-        run sees the same batches as an uninterrupted one. Each process loads batch_size / world images a step."""
+        run sees the same batches as an uninterrupted one; each image's augmentation depends only on (seed, epoch,
+        image) (sat_data.SeededAugmentation), so neither a restart nor a loader worker nor their number changes a
+        crop. The loader's own generator seeds its workers: a persistent loader draws their seed once per process,
+        from the global random state if it has no generator, which shifted the PGD random starts of a resumed
+        process. Each process loads batch_size / world images a step."""
         cfg = self.cfg
+        train_ds = sat_data.SeededAugmentation(train_ds, cfg.seed)
         self.sampler = EpochSampler(train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.per_batch = cfg.batch_size // self.world
         self._loader = torch.utils.data.DataLoader(train_ds, batch_size=self.per_batch, sampler=self.sampler,
                                                    num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                                   drop_last=True, persistent_workers=cfg.workers > 0)
+                                                   drop_last=True, persistent_workers=cfg.workers > 0,
+                                                   generator=torch.Generator().manual_seed(cfg.seed))
         self.steps_per_epoch = min(len(self._loader), cfg.steps_per_epoch or len(self._loader))
         if self.steps_per_epoch == 0:
             raise sat_plumbing.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
@@ -159,8 +165,11 @@ class Run:
         self.correct = torch.tensor(partial["correct"] if partial else 0.0, device=device)
         self.seen = partial["seen"] if partial else 0
         self.t0 = time.time() - (partial["seconds"] if partial else 0.0)
-        batches = iter(self._loader)   # draws the loader's seed from the global RNG, as the uninterrupted run did ...
-        if partial:                    # ... which had then trained `done` steps: continue from the RNG as it was then
+        batches = iter(self._loader)
+        # The one draw from the global random state that iter() made here when the loader had no generator of its
+        # own: kept, so that the runs recorded with --workers 0 (digits, Fashion-MNIST) stay bit-identical.
+        torch.empty((), dtype=torch.int64).random_()
+        if partial:   # the uninterrupted run had then trained `done` steps: continue from the RNG as it was then
             sat_plumbing.set_rng_state(self.state["rng"])
         self.partial = None
         self.bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
@@ -241,11 +250,12 @@ class EpochSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler (its shuffle depends only on the seed and the epoch, so a resumed run sees the
     same batches as an uninterrupted one) that serves samples [first, last) of this process's epoch: a run
     resumed in the middle of an epoch starts after the batches it has already trained on, without loading
-    them, and --steps-per-epoch stops an epoch early."""
+    them, and --steps-per-epoch stops an epoch early. Each sample as an (epoch, index) key: the loader's
+    workers keep their own copy of the data set, so the epoch travels with the index (SeededAugmentation)."""
     first, last = 0, None
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.first, self.last)
+        return ((self.epoch, i) for i in itertools.islice(super().__iter__(), self.first, self.last))
 
     def __len__(self):
         return len(range(super().__len__())[self.first:self.last])
