@@ -6,24 +6,38 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: run test notebooks bench docs clean
+.PHONY: run test notebooks bench docs clean lock
 
-# The packages are installed by uv (pip installs uv itself into the venv first): torch's wheel pulls about 5 GB of
-# CUDA libraries even on a CPU-only machine, and uv unpacks and byte-compiles them on every core, in half pip's time
-# (a fresh .venv here, uv's cache empty: 38 s against 68 s). uv reads its own settings, not pip's: where pip needs
-# an index of its own (a pip.conf), replace each `$(UV) ...` line by `$(PY) -m pip install -q ...`, same arguments.
+# The packages are installed by uv (pip installs uv itself, at a fixed version, into the venv first): torch's Linux
+# wheel pulls about 5 GB of CUDA libraries even on a CPU-only machine, and uv unpacks and byte-compiles them on every
+# core, in half pip's time (a fresh .venv here, uv's cache empty: 38 s against 68 s). uv reads its own settings, not
+# pip's: where pip needs an index of its own (a pip.conf), replace each `$(UV) ...` line by `$(PY) -m pip install -q
+# ...`, same arguments. What is installed: the exact versions of requirements.lock (make run: what the stages need)
+# and requirements-test.lock (make test, make notebooks: pytest, the notebook tools, JupyterLab), the set the tests
+# passed with; requirements*.txt state the ranges they come from (README, "Installing").
+UV_VERSION := 0.13.9
 UV     := $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode
 
-$(VENV)/.installed-run: requirements.txt
+$(VENV)/.installed-run: requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q uv
-	$(UV) -r requirements.txt
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(UV) -r requirements.lock
 	$(UV) --no-deps torchattacks==3.5.1
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-run requirements-test.txt
-	$(UV) -r requirements-test.txt
+$(VENV)/.installed-test: $(VENV)/.installed-run requirements-test.lock
+	$(UV) -r requirements-test.lock
 	touch $@
+
+# make lock: both lock files anew from the ranges in requirements*.txt, the newest versions in them, for every
+# platform and Python 3.11 on (--universal: macOS gets no CUDA libraries); the test set keeps the run set's versions
+# (-c). Commit them once `make test` has passed with them. (The committed ones: the same two commands without
+# --upgrade, each output file first holding `uv pip freeze` of the venv the suite had passed with, so that uv kept
+# those versions wherever it could.)
+LOCK   := $(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --upgrade --custom-compile-command "make lock"
+lock: $(VENV)/.installed-run
+	$(LOCK) requirements.txt -o requirements.lock
+	$(LOCK) requirements-test.txt -c requirements.lock -o requirements-test.lock
 
 run: $(VENV)/.installed-run
 	$(PY) 01_activations.py

@@ -11,8 +11,10 @@ Normalisation is the model's first layer (sat_models.Normalize), so an attack's 
             torchvision's FashionMNIST downloads them with --download). Debian/Ubuntu: `apt-get update &&
             apt-get install dataset-fashion-mnist` puts them in /usr/share/datasets/fashion-mnist.
   imagenet  an ImageFolder tree: <--data>/train/<class>/*.JPEG and <--data>/val/<class>/*.JPEG.
+A training set's random augmentation is drawn per image from (seed, epoch, image index): SeededAugmentation.
 """
 import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -188,6 +190,40 @@ def validation_split(train_ds, plain_ds, n: int, seed: int = VAL_SEED):
     held = set(val)
     train = [i for i in range(len(labels)) if i not in held]
     return torch.utils.data.Subset(train_ds, train), torch.utils.data.Subset(plain_ds, val)
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of image `index`'s augmentation in `epoch` of a run seeded `seed`: a hash of the three, so that
+    neighbouring images, epochs and seeds draw unrelated crops (torch's CPU generator keeps its low 32 bits)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed} {epoch} {index}".encode(), digest_size=8).digest(), "little")
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """A training set whose random augmentation is a function of (seed, epoch, image) alone. Item (epoch, i) is
+    image i of `dataset`, transformed while torch's CPU generator is seeded by augmentation_seed(seed, epoch, i)
+    and put back as it was afterwards: torchvision's transforms (cifar10's crop and flip, imagenet's
+    RandomResizedCrop and flip) draw from that generator. So neither the process that loads an image (the main
+    one or a DataLoader worker), nor the number of workers, nor a restart changes its draw: a resumed run sees
+    the crops of an uninterrupted one, and --workers 0 trains the weights of --workers 4. Images without a
+    random transform (digits, Fashion-MNIST) come out as they are. The DataLoader asks for a batch of keys at
+    once (__getitems__): one save and restore of the generator per batch."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
+        with torch.random.fork_rng(devices=[]):   # the caller's random state (the PGD random starts') comes back
+            items = []
+            for epoch, i in keys:
+                torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, i))
+                items.append(self.dataset[i])
+        return items
 
 
 def load_rgb(path: str):

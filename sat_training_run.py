@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 import sat_cli
+import sat_data
 import sat_files
 import sat_processes
 import sat_seeds
@@ -266,7 +267,7 @@ class Totals:
         from tqdm import tqdm
         self.run, self.epoch, self.steps = run, epoch, loader.steps_per_epoch
         done = partial["step"] if partial else 0      # steps of this epoch trained before a restart
-        batches = loader.epoch(epoch, done)  # draws the loader's seed from the global RNG, as the uninterrupted run did ...
+        batches = loader.epoch(epoch, done)  # one draw from the global RNG, as the uninterrupted run made ...
         if partial:                          # ... which had then trained `done` steps: continue from the RNG as it was then
             sat_seeds.set_rng_state(run.state["rng"])
         self.bar = tqdm(batches, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", leave=False,
@@ -310,35 +311,44 @@ class EpochLoader:
 
     def __init__(self, cfg, train_ds, rank, world, device):
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        # (this is Run.loader's body as it was: DistributedSampler also for one process, whose shuffle depends only on
-        # (seed, epoch), so a resumed run sees the same batches as an uninterrupted one)
+        # DistributedSampler also for one process: its shuffle depends only on (seed, epoch), so a resumed run sees the
+        # same batches as an uninterrupted one; each image's augmentation depends only on (seed, epoch, image)
+        # (sat_data.SeededAugmentation), so neither a restart nor a loader worker nor their number changes a crop. The
+        # loader's own generator seeds its workers: a persistent loader draws their seed once per process, from the
+        # global random state if it has no generator, which shifted the PGD random starts of a resumed process.
         cfg = self.cfg
+        train_ds = sat_data.SeededAugmentation(train_ds, cfg.seed)
         self.sampler = EpochSampler(train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=True)
         self.per_batch = cfg.batch_size // self.world
         self._loader = torch.utils.data.DataLoader(train_ds, batch_size=self.per_batch, sampler=self.sampler,
                                                    num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                                                   drop_last=True, persistent_workers=cfg.workers > 0)
+                                                   drop_last=True, persistent_workers=cfg.workers > 0,
+                                                   generator=torch.Generator().manual_seed(cfg.seed))
         self.steps_per_epoch = min(len(self._loader), cfg.steps_per_epoch or len(self._loader))
         if self.steps_per_epoch == 0:
             raise sat_cli.UserError(f"training set of {len(train_ds)} images is smaller than one batch of {self.per_batch}")
 
     def epoch(self, epoch, first_step=0):
-        """An iterator over epoch `epoch`'s batches from step `first_step` on (made now: it draws the DataLoader's
-        seed from the global random state)."""
+        """An iterator over epoch `epoch`'s batches from step `first_step` on."""
         self.sampler.set_epoch(epoch)
         self.sampler.first, self.sampler.last = first_step * self.per_batch, self.steps_per_epoch * self.per_batch
-        return iter(self._loader)
+        batches = iter(self._loader)
+        # The one draw from the global random state that iter() made here when the loader had no generator of its
+        # own: kept, so that the runs recorded with --workers 0 (digits, Fashion-MNIST) stay bit-identical.
+        torch.empty((), dtype=torch.int64).random_()
+        return batches
 
 
 class EpochSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler (its shuffle depends only on the seed and the epoch, so a resumed run sees the
     same batches as an uninterrupted one) that serves samples [first, last) of this process's epoch: a run
     resumed in the middle of an epoch starts after the batches it has already trained on, without loading
-    them, and --steps-per-epoch stops an epoch early."""
+    them, and --steps-per-epoch stops an epoch early. Each sample as an (epoch, index) key: the loader's
+    workers keep their own copy of the data set, so the epoch travels with the index (SeededAugmentation)."""
     first, last = 0, None
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.first, self.last)
+        return ((self.epoch, i) for i in itertools.islice(super().__iter__(), self.first, self.last))
 
     def __len__(self):
         return len(range(super().__len__())[self.first:self.last])

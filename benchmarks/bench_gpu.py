@@ -350,13 +350,16 @@ def part_loader(device, n_images, workers_list, batch, size, scratch, min_s):
     print(f"\n5. input pipeline: {n_images} generated 500x375 JPEGs, decode + RandomResizedCrop({size}) + flip")
     folder = os.path.join(scratch, "jpegs")
     record("loader", "mean JPEG size", write_jpegs(folder, n_images, np.random.RandomState(0)), "KB")
-    ds = sat_data.get_dataset("imagenet", "train", folder, size)
+    # each image's crop and flip drawn from (seed, epoch, image), asked for by (epoch, index) keys, as in stage 03
+    ds = sat_data.SeededAugmentation(sat_data.get_dataset("imagenet", "train", folder, size), seed=0)
+    keys = [(0, i) for i in torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()]
     per_worker = []
     for w in workers_list:
         # batches of 32: two per worker and epoch even with 16 workers (with 256, 4 batches would keep 4 busy);
         # persistent workers as in stage 03; one untimed epoch starts them and reads the files into the page cache
-        loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, num_workers=w, persistent_workers=w > 0,
-                                             pin_memory=device.type == "cuda", prefetch_factor=4 if w else None)
+        loader = torch.utils.data.DataLoader(ds, batch_size=32, sampler=keys, num_workers=w, persistent_workers=w > 0,
+                                             pin_memory=device.type == "cuda", prefetch_factor=4 if w else None,
+                                             generator=torch.Generator().manual_seed(0))
         sum(1 for _ in loader)
         t, seen = time.perf_counter(), 0
         while seen == 0 or time.perf_counter() - t < min_s:   # whole epochs, for at least min_s seconds
@@ -374,7 +377,7 @@ def part_loader(device, n_images, workers_list, batch, size, scratch, min_s):
     from torchvision.io import decode_jpeg, read_file
     from torchvision.transforms import v2
     crop = torch.nn.Sequential(v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip())
-    datas = [read_file(p) for p, _ in ds.samples][:batch]
+    datas = [read_file(p) for p, _ in ds.dataset.samples][:batch]
 
     def decode_batch():
         return torch.stack([crop(im) for im in decode_jpeg(datas, device=device)]).float().div_(255)

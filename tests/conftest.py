@@ -26,15 +26,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def free_port():
-    """A TCP port no other process listens on now (each torchrun job of the suite gets its own: two workers run
-    jobs at the same time)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stage(name):
     return importlib.import_module(name)
 

@@ -1,7 +1,8 @@
 """Runs that survive a crash at any moment: a stage-03 run killed with SIGKILL (before its first checkpoint,
 in the middle of an epoch, while writing a checkpoint), then started again with the same command
-(`--resume`), ends with exactly the weights of an uninterrupted run; so does a two-process torchrun job
-with `--max-restarts 1` one of whose workers is killed from outside."""
+(`--resume`), ends with exactly the weights of an uninterrupted run; so does a run that augments its images and
+loads them in worker processes (CIFAR-10, `--workers 2`), which also ends with the weights of `--workers 0`; so
+does a two-process torchrun job with `--max-restarts 1` one of whose workers is killed from outside."""
 import os
 import signal
 import subprocess
@@ -19,8 +20,8 @@ ARGS = ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--milestones
         "--checkpoint-every", "5", "--resume", "--quiet", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-# Runs stage 03 as `python 03_adv_train.py ARGS`, but kills itself with SIGKILL (no clean-up, no finally
-# blocks, as a power cut or the OOM killer would) at the moment CRASH_AT names:
+# Runs stage 03 as `python 03_adv_train.py ARGS`, but kills itself and its loader workers (its process group)
+# with SIGKILL (no clean-up, no finally blocks, as a power cut would) at the moment CRASH_AT names:
 #   step:N   at the N-th training step, before its attack
 #   save:N   in the middle of the N-th checkpoint write: its bytes are in the temporary file, not yet renamed
 TRAP = r"""
@@ -32,7 +33,7 @@ calls = [0]
 def count_then_maybe_die():
     calls[0] += 1
     if calls[0] == int(n):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(0, signal.SIGKILL)
 if kind == "step":
     attack = importlib.import_module("02_pgd")
     real_pgd = attack.pgd
@@ -52,10 +53,11 @@ runpy.run_path("03_adv_train.py", run_name="__main__")
 """
 
 
-def run(args, crash_at=None):
+def run(args, crash_at=None, env=None):
     cmd = [sys.executable, "-c", TRAP] if crash_at else [sys.executable, "03_adv_train.py"]
-    env = {**ENV, "CRASH_AT": crash_at} if crash_at else ENV
-    return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {**ENV, **(env or {}), **({"CRASH_AT": crash_at} if crash_at else {})}
+    return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                          start_new_session=bool(crash_at))   # a process group of its own, for the kill
 
 
 def final_weights(out):
@@ -144,3 +146,83 @@ def test_torchrun_max_restarts_recovers_from_a_killed_worker(tmp_path):
     assert job.returncode == 0, stderr[-3000:]
     assert "resumed from" in stdout and "all 2 ranks hold identical weights" in stdout, stdout[-3000:]
     assert_same_weights(final_weights(str(tmp_path / "b")), final_weights(str(tmp_path / "a")))
+
+
+
+# ----------------------------------------------------------------------------------------------------
+# The same with augmentation and loader workers (the cifar10 and imagenet presets load with 4 and 8)
+
+# a generated CIFAR-10 folder (40 training images; random crop and flip), 2 epochs of 5 steps, a checkpoint every
+# 2 steps and at each epoch end; a torchvision ResNet-18 (8x8 after its stem on 32x32 images): seconds a run
+CIFAR_ARGS = ["--dataset", "cifar10", "--model", "resnet18", "--act", "relu", "--smooth-grad", "none", "--epochs", "2",
+              "--milestones", "2", "--warmup-epochs", "1", "--batch-size", "8", "--val-size", "0", "--check-size", "8",
+              "--checkpoint-every", "2", "--resume", "--quiet", "--device", "cpu"]
+CIFAR_RUN = "cifar10_resnet18_relu_s0"
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory, train_mod):
+    """cifar(out, workers) runs stage 03's command on the generated folder in this process; returns its final weights.
+    (torchvision's md5 check of the real CIFAR-10 files becomes "the file exists", here and, through
+    tests/smoke/sitecustomize.py, in the processes the tests start.)"""
+    import torchvision.datasets.cifar
+    from test_train import _write_fake_cifar   # CIFAR-10's on-disk format, 8 random images a file
+    data = tmp_path_factory.mktemp("cifar")
+    _write_fake_cifar(data)
+    args = CIFAR_ARGS + ["--data", str(data)]
+
+    def command(out, workers, crash_at=None):
+        return args + ["--out", str(out), "--workers", str(workers)]
+
+    def train(out, workers):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+            train_mod.main(command(out, workers))
+        return sat_files.load_checkpoint(os.path.join(out, CIFAR_RUN, "final.pt"))["model"]
+    train.command = command
+    return train
+
+
+@pytest.fixture(scope="module")
+def cifar_straight(cifar, tmp_path_factory):
+    return cifar(str(tmp_path_factory.mktemp("cifar_straight")), workers=2)
+
+
+class TestWithLoaderWorkers:
+    """A run that augments its images and loads them in 2 worker processes, killed with SIGKILL and started again
+    with the same command, ends with the weights of an uninterrupted run; so does one with --workers 0."""
+
+    @pytest.mark.parametrize("crash_at, resumed_at", [
+        ("step:6", "after epoch 1\n"),                      # the first step of epoch 2: at the epoch boundary
+        ("step:9", "after epoch 1 and 2 steps of epoch 2"),  # epoch 2, 2 steps after its step-2 checkpoint
+    ])
+    def test_killed_run_with_workers_restarted_ends_identical(self, cifar, cifar_straight, tmp_path, capsys, crash_at, resumed_at):
+        r = run(cifar.command(tmp_path, 2), crash_at, {"PYTHONPATH": os.path.join(ROOT, "tests", "smoke")})
+        assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
+        capsys.readouterr()
+        resumed = cifar(str(tmp_path), workers=2)          # the same command again (in this process)
+        ckpt = os.path.join(tmp_path, CIFAR_RUN, "checkpoint.pt")
+        assert f"resumed from {ckpt} {resumed_at}" in capsys.readouterr().out
+        assert_same_weights(resumed, cifar_straight)
+
+    def test_workers_0_train_the_weights_of_workers_2(self, cifar, cifar_straight, tmp_path):
+        assert_same_weights(cifar(str(tmp_path), workers=0), cifar_straight)
+
+
+def test_augmentation_is_drawn_from_seed_epoch_and_image_alone(tmp_path, monkeypatch):
+    """sat_data.SeededAugmentation: the same key gives the same crop whatever was drawn before, another epoch or
+    seed another crop, and the caller's random state (the PGD random starts') is left as it was."""
+    import torchvision.datasets.cifar
+    from test_train import _write_fake_cifar
+    import sat_data
+    _write_fake_cifar(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    ds = sat_data.SeededAugmentation(sat_data.get_dataset("cifar10", "train", str(tmp_path)), seed=0)
+    first = ds[(3, 5)][0]
+    torch.rand(100)                                     # other draws in between change nothing
+    before = torch.get_rng_state()
+    again = ds.__getitems__([(3, 4), (3, 5)])[1][0]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(again, first)
+    assert not torch.equal(ds[(4, 5)][0], first)        # the next epoch: another crop or flip
+    assert not torch.equal(sat_data.SeededAugmentation(ds.dataset, seed=1)[(3, 5)][0], first)

@@ -62,20 +62,12 @@ def is_solution(cell):
 
 def execute(nb, cwd):
     """Run every cell as `make notebooks` does (kernel "python3", working directory `cwd`); raises
-    CellExecutionError on the first failing cell. The kernel inherits this process's environment. A kernel that
-    could not start because a port it was given was taken meanwhile (by a process of the other test worker: a
-    race of running two workers, not of the notebook) is started once more."""
-    import copy
-    for attempt in (1, 2):
-        run = copy.deepcopy(nb)
-        try:
-            nbclient.NotebookClient(run, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
-                                    record_timing=False).execute()
-            break
-        except RuntimeError:   # a kernel that died or never answered (DeadKernelError is one); a failing cell is not
-            if attempt == 2:
-                raise
-    nb.cells = run.cells
+    CellExecutionError on the first failing cell. The kernel inherits this process's environment. It talks over
+    Unix sockets (transport "ipc"), not TCP ports picked free beforehand, which a kernel of the other test worker
+    could take first."""
+    from traitlets.config import Config
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                            record_timing=False, config=Config({"KernelManager": {"transport": "ipc"}})).execute()
 
 
 @pytest.fixture(scope="session")

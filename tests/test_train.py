@@ -16,7 +16,7 @@ import sat_files
 import sat_models
 import sat_seeds
 import sat_sweep
-from conftest import ROOT, free_port
+from conftest import ROOT
 
 
 def cfg_digits(train_mod, tmp_path, **kw):
@@ -96,7 +96,7 @@ def test_resume_gives_identical_weights(train_mod, tmp_path):
 
 def test_torchrun_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "03_adv_train.py", "--act", "relu", "--smooth-grad", "none", "--epochs", "1", "--milestones",
                         "--check-size", "64", "--device", "cpu", "--quiet", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
