@@ -394,3 +394,24 @@ def report(results, comparison, out_dir, pgd_steps, margin, started, results_dir
     print(f"\nevaluated in {time.time() - started:.0f} s. Results table: {os.path.join(out_dir, 'results.md')} (and .csv, per_run.csv, "
           f"per_image.json)" + (f"; the tables and per-run / per-image results copied to {results_dir}" if results_dir else ""))
     print("Figures: " + ", ".join(figs))
+
+
+def results_from_files(results_dir):
+    """The results of a study from its small files in results/ (per_image.json and per_run.csv), in the form
+    04's comparison and tables take: a committed study is compared again without its checkpoints or cache."""
+    import csv
+    with open(os.path.join(results_dir, "per_image.json")) as f:
+        per_image = json.load(f)
+    with open(os.path.join(results_dir, "per_run.csv"), newline="") as f:
+        per_run = {row["run"] + ("@best" if row.get("checkpoint") == "best" and not row["run"].endswith("@best") else ""): row
+                   for row in csv.DictReader(f)}
+    results = []
+    for run, r in sorted(per_image.items()):
+        row = per_run.get(run, {})
+        res = {k: float(v) for k, v in row.items() if k in ("clean", "fgsm", "pgd1", "pgd10", "pgd50", "pgd200", "pgd200_sg",
+                                                            "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst") and v != ""}
+        res.update(r["label_fields"], run=run, recipe=r["recipe"], seed=r["seed"], eps_px=r["eps_px"], n=r["n"],
+                   checkpoint=r.get("checkpoint", "final"), flags=[f for f in row.get("flags", "").split("; ") if f],
+                   per_image={k: r[k] for k in PER_IMAGE_KEYS})
+        results.append(res)
+    return results
