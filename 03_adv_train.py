@@ -94,7 +94,7 @@ class Config:
     weight_decay: float = setting(5e-4, "on conv/linear weights only (not BN, biases, SmoothReLU alpha)", range=(0, 1))
     warmup_epochs: float = setting(2.0, "linear warm-up from ~0 to lr, per iteration", "epochs", range=(0, 100_000))
     milestones: list = setting([15, 25], "epochs at which lr is divided by 10", range=(1, 100_000))
-    label_smoothing: float = setting(0.0, "paper (ImageNet): 0.1", range=(0, 1))
+    label_smoothing: float = setting(0.0, "imagenet preset: 0.1 (an assumption, not in the paper: docs/PAPER.md)", range=(0, 1))
     # running
     seed: int = setting(0, "seeds weights, data order and random starts", range=(0, 2**32 - 1))
     device: str = setting("auto", "auto (CUDA if present) | cpu | cuda | cuda:N")
@@ -203,9 +203,9 @@ PRESETS = {
     "fashionmnist": dict(model="fashionnet", eps=attack.EPS_PX["fashionmnist"], attack_steps=2, step_x_eps=1.25, epochs=10, batch_size=128,
                          lr_per_256=0.2, weight_decay=5e-4, warmup_epochs=1.0, milestones=[6, 9], label_smoothing=0.0,
                          check_size=1000, threads=1, val_size=5000),
-    # imagenet: the paper's recipe (docs/PAPER.md), ResNet-50, eps 4/255, PGD-1 step 4/255, 80% random
-    # starts, 100 epochs, SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs, /10 at 30/60/90, wd 1e-4,
-    # label smoothing 0.1
+    # imagenet: the paper's ResNet-50, eps 4/255, PGD-1 step 4/255, 100 epochs; assumed, not in the paper
+    # (docs/PAPER.md gives each setting's source): 80% random starts, SGD Nesterov 0.9, lr 0.1 x batch/256,
+    # 5 warm-up epochs, /10 at 30/60/90, wd 1e-4, label smoothing 0.1
     "imagenet": dict(model="resnet50", eps=attack.EPS_PX["imagenet"], epochs=100, batch_size=256, lr_per_256=0.1, weight_decay=1e-4,
                      warmup_epochs=5.0, milestones=[30, 60, 90], label_smoothing=0.1, rand_start_prob=0.8,
                      check_size=1000, workers=8, image_size=224),

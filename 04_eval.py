@@ -35,6 +35,7 @@ import sat_eval_run
 import sat_files
 import sat_report
 import sat_shards
+import sat_stats
 from sat_report import PAPER_FIGURE3, PAPER_TABLE1, aggregate, fmt, paper_numbers  # noqa: F401 (notebooks: ev.aggregate, ...)
 
 acts = importlib.import_module("01_activations")
@@ -49,7 +50,7 @@ BLOCK = 100                             # images per block, the unit of the atta
 TOL_STEPS, TOL_FGSM, TOL_INDEP, TOL_CHANCE = 0.01, 0.01, 0.03, 0.10   # masking-check tolerances
 COMPARED = {"clean": "clean", "pgd200": "PGD-200", "worst": "worst case"}   # the metrics compared with ReLU
 MARGIN = 0.03             # "equal": the whole 95% interval of a difference lies within +-3 points
-BOOTSTRAP = 2000          # bootstrap replicates per comparison
+BOOTSTRAP = 20000         # bootstrap replicates per comparison (Monte Carlo error of an interval end: ~0.05 points)
 
 
 # ---- The attacks: every attack on one model, a robust/broken mask per test image --------------------------------
@@ -186,32 +187,45 @@ def evaluate_model(model, x, y, eps, num_classes, adaptive=None, autoattack=Fals
 
 def masking_flags(r, num_classes):
     """The Carlini et al. sanity checks, each failure a short string with its numbers."""
+    n = r["n"]
+
+    def count(acc):   # images, not rounded percentages: 15 of 500 images is exactly 3 points, not a failure
+        return round(acc * n)
+
     flags = []
     pgd = [r[f"pgd{k}"] for k in PGD_STEPS]
     for (k1, a1), (k2, a2) in zip(zip(PGD_STEPS, pgd), zip(PGD_STEPS[1:], pgd[1:])):
-        if a2 > a1 + TOL_STEPS + 1e-9:   # 1e-9: a gap of exactly the tolerance is not a failure
+        if count(a2) - count(a1) > TOL_STEPS * n:
             flags.append(f"steps: PGD-{k2} {100 * a2:.1f}% > PGD-{k1} {100 * a1:.1f}%")
     chance = 1.0 / num_classes
     last_eps, last_acc = list(r["eps_curve"].items())[-1]
-    if last_acc > chance + TOL_CHANCE + 1e-9:
+    if count(last_acc) > (chance + TOL_CHANCE) * n:
         flags.append(f"eps: {100 * last_acc:.1f}% at eps {last_eps}/255, chance is {100 * chance:.0f}%")
-    if r["fgsm"] < r["pgd200"] - TOL_FGSM - 1e-9:
+    if count(r["pgd200"]) - count(r["fgsm"]) > TOL_FGSM * n:
         flags.append(f"single-step: FGSM {100 * r['fgsm']:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
     for k in ("apgd_ce", "apgd_dlr", "apgd_t", "square", "autoattack"):
-        if k in r and r[k] < r["pgd200"] - TOL_INDEP - 1e-9:
+        if k in r and r[k] == r[k] and count(r["pgd200"]) - count(r[k]) > TOL_INDEP * n:
             flags.append(f"independent: {k} {100 * r[k]:.1f}% < PGD-200 {100 * r['pgd200']:.1f}%")
     return flags
 
 
 # ---- Comparison with ReLU: a difference, its 95% interval, a verdict -----------------------------------------
 
-def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0):
+def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0, paired=False):
     """Difference of accuracies a - b with a 95% bootstrap interval. a: (seeds of the configuration, images)
     and b: (seeds of the reference, images), 0/1 per test image, the SAME images in the same order.
-    Two sources of noise, both resampled: the test images (one draw of n images with replacement per
+    Returns (difference, low, high) as fractions; bootstrap_replicates gives the replicates themselves."""
+    d, diffs = bootstrap_replicates(a, b, reps, seed, paired)
+    return (d, *sat_stats.interval(diffs))
+
+
+def bootstrap_replicates(a, b, reps=BOOTSTRAP, seed=0, paired=False):
+    """Two sources of noise, both resampled: the test images (one draw of n images with replacement per
     replicate, shared by a and b: the pairing, which cancels the images both get right or both get wrong)
-    and the seeds (drawn with replacement, separately for a and b: their training runs are independent).
-    Returns (difference, low, high) as fractions."""
+    and the seeds. paired=False: seeds drawn separately for a and b (independent training runs). paired=True:
+    row i of a and row i of b share training seed i, hence the same initial weights, data order and random
+    starts (tests/test_train.py checks it for every activation), so one draw of seed indices serves both.
+    Returns (difference, the reps replicates of it) as fractions."""
     import numpy as np
     rng = np.random.default_rng(seed)
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
@@ -221,25 +235,28 @@ def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0):
         w = rng.multinomial(n, np.full(n, 1 / n), size=k).T.astype(np.float32) / n   # (n, k) image weights
         acc_a, acc_b = a @ w, b @ w                          # (seeds, k): each seed's accuracy per replicate
         pick_a = rng.integers(0, len(a), (len(a), k))        # resampled seeds, per replicate
-        pick_b = rng.integers(0, len(b), (len(b), k))
+        pick_b = pick_a if paired else rng.integers(0, len(b), (len(b), k))
         cols = np.arange(k)
         diffs.append(acc_a[pick_a, cols].mean(0) - acc_b[pick_b, cols].mean(0))
-    lo, hi = np.percentile(np.concatenate(diffs), [2.5, 97.5])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
+    return float(a.mean() - b.mean()), np.concatenate(diffs)
 
 
-def verdict(lo, hi, margin=MARGIN):
-    """better / worse: the interval excludes 0; equal: it lies within +-margin; else undecided."""
-    return "better" if lo > 0 else "worse" if hi < 0 else "equal" if -margin <= lo and hi <= margin else "undecided"
+def verdict(lo, hi, margin=MARGIN, guard=0.0):
+    """better / worse: the interval excludes 0; equal: it lies within +-margin; else undecided. guard: how far
+    clear of each threshold an end must be (two Monte Carlo errors: a verdict must not hang on the bootstrap's seed)."""
+    return ("better" if lo > guard else "worse" if hi < -guard
+            else "equal" if -margin + guard <= lo and hi <= margin - guard else "undecided")
 
 
-def compare_with_relu(results):
+def compare_with_relu(results, seed=0):
     """Every configuration against plain ReLU (same data set, eps and test images, adversarial training): the
-    activations of Figure 3 and the smooth-backward rows of Table 1. One row per configuration."""
+    activations of Figure 3 and the smooth-backward rows of Table 1. One row per configuration; per metric:
+    (difference, low, high, verdict, Monte Carlo error, its p-value, the verdict after Holm over the study's rows).
+    seed: the bootstrap's own (a verdict must not depend on it: tests/test_statistics.py)."""
     import numpy as np
 
-    def grid(runs, k):   # (seeds, images): which test images each run got right, by metric k
-        return np.array([[c == "1" for c in r["per_image"][k]] for r in runs])
+    def grid(runs, k):   # (seeds, images): which test images each run got right, by metric k, in seed order
+        return np.array([[c == "1" for c in r["per_image"][k]] for r in sorted(runs, key=lambda r: r["seed"])])
 
     def reference(r):   # the ReLU run of the same recipe: the same settings but act=relu, smooth_grad=none
         return json.dumps({**r["recipe"], "act": "relu", "smooth_grad": "none"}, sort_keys=True) if "recipe" in r else r["dataset"]
@@ -254,28 +271,48 @@ def compare_with_relu(results):
         relu = [lb for lb, rs in by_label.items() if rs[0]["act"] == "relu" and rs[0]["smooth_grad"] == "none"]
         if not relu:
             continue
-        ref = by_label[relu[0]]
+        ref, family = by_label[relu[0]], []
         for label, rs in by_label.items():
             if label == relu[0]:
                 continue
+            # paired when both sides ran the same seeds: seed i of each got the same initial weights and data order
+            paired = sorted(r["seed"] for r in rs) == sorted(r["seed"] for r in ref) and len(rs) > 1
             row = {"configuration": label, "vs": relu[0], "eps": f"{eps_px:g}/255", "n_test": n,
-                   "seeds": f"{len(rs)} vs {len(ref)}"}
+                   "seeds": f"{len(rs)} vs {len(ref)}" + (", paired" if paired else "")}
             for k in COMPARED:
-                d, lo, hi = bootstrap_diff(grid(rs, k), grid(ref, k))
-                row[k] = (d, lo, hi, verdict(lo, hi) if len(rs) > 1 and len(ref) > 1 else "one seed: no verdict")
+                d, reps = bootstrap_replicates(grid(rs, k), grid(ref, k), seed=seed, paired=paired)
+                lo, hi = sat_stats.interval(reps)
+                mc = sat_stats.mc_error(reps)
+                if len(rs) > 1 and len(ref) > 1:
+                    v = verdict(lo, hi, guard=2 * mc)
+                    p = sat_stats.claimed_p(v, *sat_stats.p_values(reps, MARGIN))
+                else:
+                    v, p = "one seed: no verdict", float("nan")
+                row[k] = (d, lo, hi, v, mc, p)
             paper, paper_relu = paper_numbers(rs[0]["act"], rs[0]["smooth_grad"]), PAPER_TABLE1["none"]
             row["paper"] = f"{paper[1] - paper_relu[1]:+.1f} (ImageNet PGD-200)" if paper else ""
-            rows.append(row)
+            family.append(row)
+        for k in COMPARED:   # Holm over this study's comparisons on metric k: which verdicts hold all at once
+            claims = [i for i, row in enumerate(family) if row[k][5] == row[k][5]]
+            for i, p_adj in zip(claims, sat_stats.holm([family[i][k][5] for i in claims])):
+                v = family[i][k][3]
+                family[i][k] += (v if p_adj < 0.05 and v != "undecided" else "undecided",)
+            for i, row in enumerate(family):
+                if i not in claims:
+                    row[k] += ("—",)
+        rows += family
     return rows
 
 
 def comparison_table(rows):
     """compare_with_relu's rows as (headers, rows of strings): differences and intervals in points."""
     heads = ["configuration", "vs", "seeds", "test images"] + [f"{h} Δ (95% CI)" for h in COMPARED.values()] + \
-            [f"{h} verdict" for h in COMPARED.values()] + ["paper Δ"]
+            [f"{h} verdict" for h in COMPARED.values()] + [f"{h} after Holm" for h in COMPARED.values()] + \
+            ["Monte Carlo error", "paper Δ"]
     cells = [[row["configuration"], row["vs"], row["seeds"], str(row["n_test"])] +
              [f"{100 * row[k][0]:+.1f} [{100 * row[k][1]:+.1f}, {100 * row[k][2]:+.1f}]" for k in COMPARED] +
-             [row[k][3] for k in COMPARED] + [row["paper"] or "—"] for row in rows]
+             [row[k][3] for k in COMPARED] + [row[k][6] for k in COMPARED] +
+             [f"±{100 * max(row[k][4] for k in COMPARED):.2f}"] + [row["paper"] or "—"] for row in rows]
     return heads, cells
 
 

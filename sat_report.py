@@ -335,14 +335,17 @@ def draw_figures(rows, results, out_dir, pgd_steps):
                                   lambda r: (pgd_steps, [100 * r[f"pgd{k}"] for k in pgd_steps])),
                                  ("robust_vs_eps.png", "eps (pixel units /255), PGD-20",
                                   lambda r: ([float(e) for e in r["eps_curve"]], [100 * a for a in r["eps_curve"].values()]))]:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)   # 11+ lines: tab10 would repeat colours
-        for label, r in firsts.items():
+        fig, ax = plt.subplots(figsize=(9.5, 4.5))
+        # 11+ lines: ten distinct colours, then the same colours dashed with another marker (no light/dark pairs)
+        for i, (label, r) in enumerate(firsts.items()):
             xs, ys = getter(r)
-            ax.plot(xs, ys, "o-", ms=3, lw=1.2, label=f"{label} s{r['seed']}")
+            ax.plot(xs, ys, "o-" if i < 10 else "s--", ms=3, lw=1.2, color=plt.cm.tab10(i % 10), label=f"{label} s{r['seed']}")
+        xs = sorted({x for r in firsts.values() for x in getter(r)[0]})
         ax.set(xscale="log", xlabel=xlabel, ylabel="robust accuracy %", ylim=(-2, 102))
+        ax.set_xticks(xs, [f"{x:g}" if name == "robust_vs_steps.png" else f"{x:g}/255" for x in xs])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: it hid the standard model's line
         fig.tight_layout()
         paths.append(os.path.join(out_dir, name))
         fig.savefig(paths[-1], dpi=110)
@@ -395,3 +398,24 @@ def report(results, comparison, out_dir, pgd_steps, margin, started, results_dir
     print(f"\nevaluated in {time.time() - started:.0f} s. Results table: {os.path.join(out_dir, 'results.md')} (and .csv, per_run.csv, "
           f"per_image.json)" + (f"; the tables and per-run / per-image results copied to {results_dir}" if results_dir else ""))
     print("Figures: " + ", ".join(figs))
+
+
+def results_from_files(results_dir):
+    """The results of a study from its small files in results/ (per_image.json and per_run.csv), in the form
+    04's comparison and tables take: a committed study is compared again without its checkpoints or cache."""
+    import csv
+    with open(os.path.join(results_dir, "per_image.json")) as f:
+        per_image = json.load(f)
+    with open(os.path.join(results_dir, "per_run.csv"), newline="") as f:
+        per_run = {row["run"] + ("@best" if row.get("checkpoint") == "best" and not row["run"].endswith("@best") else ""): row
+                   for row in csv.DictReader(f)}
+    results = []
+    for run, r in sorted(per_image.items()):
+        row = per_run.get(run, {})
+        res = {k: float(v) for k, v in row.items() if k in ("clean", "fgsm", "pgd1", "pgd10", "pgd50", "pgd200", "pgd200_sg",
+                                                            "apgd_ce", "apgd_dlr", "apgd_t", "square", "worst") and v != ""}
+        res.update(r["label_fields"], run=run, recipe=r["recipe"], seed=r["seed"], eps_px=r["eps_px"], n=r["n"],
+                   checkpoint=r.get("checkpoint", "final"), flags=[f for f in row.get("flags", "").split("; ") if f],
+                   per_image={k: r[k] for k in PER_IMAGE_KEYS})
+        results.append(res)
+    return results
