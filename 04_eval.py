@@ -187,12 +187,8 @@ def evaluate_model(model, x, y, eps, num_classes, adaptive=None, autoattack=Fals
 
 def masking_flags(r, num_classes):
     """The Carlini et al. sanity checks, each failure a short string with its numbers."""
-    n = r["n"]
-
-    def count(acc):   # images, not rounded percentages: 15 of 500 images is exactly 3 points, not a failure
-        return round(acc * n)
-
-    flags = []
+    n, flags = r["n"], []
+    count = lambda acc: round(acc * n)   # noqa: E731 images, not rounded percentages: 15 of 500 is 3 points, no failure
     pgd = [r[f"pgd{k}"] for k in PGD_STEPS]
     for (k1, a1), (k2, a2) in zip(zip(PGD_STEPS, pgd), zip(PGD_STEPS[1:], pgd[1:])):
         if count(a2) - count(a1) > TOL_STEPS * n:
@@ -211,21 +207,15 @@ def masking_flags(r, num_classes):
 
 # ---- Comparison with ReLU: a difference, its 95% interval, a verdict -----------------------------------------
 
-def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0, paired=False):
+def bootstrap_diff(a, b, reps=BOOTSTRAP, seed=0, paired=False, replicates=False):
     """Difference of accuracies a - b with a 95% bootstrap interval. a: (seeds of the configuration, images)
     and b: (seeds of the reference, images), 0/1 per test image, the SAME images in the same order.
-    Returns (difference, low, high) as fractions; bootstrap_replicates gives the replicates themselves."""
-    d, diffs = bootstrap_replicates(a, b, reps, seed, paired)
-    return (d, *sat_stats.interval(diffs))
-
-
-def bootstrap_replicates(a, b, reps=BOOTSTRAP, seed=0, paired=False):
-    """Two sources of noise, both resampled: the test images (one draw of n images with replacement per
+    Two sources of noise, both resampled: the test images (one draw of n images with replacement per
     replicate, shared by a and b: the pairing, which cancels the images both get right or both get wrong)
-    and the seeds. paired=False: seeds drawn separately for a and b (independent training runs). paired=True:
-    row i of a and row i of b share training seed i, hence the same initial weights, data order and random
-    starts (tests/test_train.py checks it for every activation), so one draw of seed indices serves both.
-    Returns (difference, the reps replicates of it) as fractions."""
+    and the seeds: separately for a and b, or (paired=True) one draw of seed indices for both, where row i of
+    each was trained with seed i, hence the same initial weights, data order and random starts (checked for
+    every activation by tests/test_statistics.py). Returns (difference, low, high) as fractions, or with
+    replicates=True (difference, the reps replicates)."""
     import numpy as np
     rng = np.random.default_rng(seed)
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
@@ -238,7 +228,8 @@ def bootstrap_replicates(a, b, reps=BOOTSTRAP, seed=0, paired=False):
         pick_b = pick_a if paired else rng.integers(0, len(b), (len(b), k))
         cols = np.arange(k)
         diffs.append(acc_a[pick_a, cols].mean(0) - acc_b[pick_b, cols].mean(0))
-    return float(a.mean() - b.mean()), np.concatenate(diffs)
+    d, diffs = float(a.mean() - b.mean()), np.concatenate(diffs)
+    return (d, diffs) if replicates else (d, *sat_stats.interval(diffs))
 
 
 def verdict(lo, hi, margin=MARGIN, guard=0.0):
@@ -279,28 +270,13 @@ def compare_with_relu(results, seed=0):
             paired = sorted(r["seed"] for r in rs) == sorted(r["seed"] for r in ref) and len(rs) > 1
             row = {"configuration": label, "vs": relu[0], "eps": f"{eps_px:g}/255", "n_test": n,
                    "seeds": f"{len(rs)} vs {len(ref)}" + (", paired" if paired else "")}
-            for k in COMPARED:
-                d, reps = bootstrap_replicates(grid(rs, k), grid(ref, k), seed=seed, paired=paired)
-                lo, hi = sat_stats.interval(reps)
-                mc = sat_stats.mc_error(reps)
-                if len(rs) > 1 and len(ref) > 1:
-                    v = verdict(lo, hi, guard=2 * mc)
-                    p = sat_stats.claimed_p(v, *sat_stats.p_values(reps, MARGIN))
-                else:
-                    v, p = "one seed: no verdict", float("nan")
-                row[k] = (d, lo, hi, v, mc, p)
+            for k in COMPARED:   # (difference, low, high, verdict, Monte Carlo error, p-value)
+                d, reps = bootstrap_diff(grid(rs, k), grid(ref, k), seed=seed, paired=paired, replicates=True)
+                row[k] = (d, *sat_stats.judge(reps, MARGIN, verdict, decided=len(rs) > 1 and len(ref) > 1))
             paper, paper_relu = paper_numbers(rs[0]["act"], rs[0]["smooth_grad"]), PAPER_TABLE1["none"]
             row["paper"] = f"{paper[1] - paper_relu[1]:+.1f} (ImageNet PGD-200)" if paper else ""
             family.append(row)
-        for k in COMPARED:   # Holm over this study's comparisons on metric k: which verdicts hold all at once
-            claims = [i for i, row in enumerate(family) if row[k][5] == row[k][5]]
-            for i, p_adj in zip(claims, sat_stats.holm([family[i][k][5] for i in claims])):
-                v = family[i][k][3]
-                family[i][k] += (v if p_adj < 0.05 and v != "undecided" else "undecided",)
-            for i, row in enumerate(family):
-                if i not in claims:
-                    row[k] += ("—",)
-        rows += family
+        rows += sat_stats.with_holm(family, COMPARED)   # + the verdict after Holm over this study's rows, per metric
     return rows
 
 
@@ -319,37 +295,16 @@ def comparison_table(rows):
 # ---- main -----------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    p = sat_cli.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
-    p.add_argument("--runs", default=sat_files.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
-    p.add_argument("--out", default=OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
-    p.add_argument("--results", default=None, help="also copy the tables and the per-run and per-image results (small "
-                   "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
-    p.add_argument("--checkpoint", nargs="+", default=["final"], choices=["final", "best"],
-                   help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
-                   "validation PGD-10; runs with a validation split only); `final best`: rows of each kind in one table "
-                   "(default: final)")
-    p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
-    p.add_argument("--subset", default="all", choices=["all", "robustbench"],
-                   help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
-                   "(resources/README.md; the other checkpoints keep their whole test split)")
-    p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
-    p.add_argument("--block", type=int, default=BLOCK, help="images per block: the attack batch and the unit of the "
-                   f"attacks' randomness (a change re-draws APGD's and Square's; larger blocks use a GPU better; default: {BLOCK})")
-    p.add_argument("--batch-size", type=int, default=None, help="kept for old commands: the attack batch is --block")
-    p.add_argument("--apgd-steps", type=int, default=APGD_STEPS, help=f"APGD iterations (default: {APGD_STEPS})")
-    p.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help=f"Square attack queries (default: {SQUARE_QUERIES})")
-    p.add_argument("--autoattack", action="store_true", help="also run the reference AutoAttack's standard set (slow)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
-    p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
-    p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
-                   "thread each (default: one per core on the CPU, 1 on a GPU; under torchrun: 1, the images are split)")
-    args = sat_eval_run.check_args(p.parse_args(argv), OUT_DIR)   # one error line per bad value, before any work
+    args = sat_eval_run.parse_args(sys.modules[__name__], argv)   # --help lists every setting; a bad value: one line
+    t_all = time.time()
+    if args.compare_results:   # a committed study compared again from its small files (no attack runs)
+        comparisons = compare_with_relu(sat_report.results_from_files(args.compare_results))
+        print(sat_report.write_comparisons(*comparison_table(comparisons), args.out, args.results))
+        return
     paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
              for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)]   # or a one-line error naming the stage to run
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
-    t_all = time.time()
     results = sat_eval_run.evaluate_all(sys.modules[__name__], args, paths)   # --jobs or torchrun; a row each
     if results is not None:   # rank 0
         comparisons = compare_with_relu(results)

@@ -139,6 +139,39 @@ def evaluate_job(job):
 
 # ---- the command: its checks, every checkpoint over processes -------------------------------------------------
 
+def parse_args(stage, argv=None):
+    """Stage 04's command line (`stage` is 04_eval: its defaults), checked by check_args."""
+    p = sat_cli.ArgumentParser(description="Evaluate every checkpoint under --runs (see the module docstring).")
+    p.add_argument("--runs", default=sat_files.RUNS_DIR, help="folder searched for final.pt files (default runs: its 02_pgd/ and 03_adv_train/)")
+    p.add_argument("--out", default=stage.OUT_DIR, help="output folder (default runs/04_eval; runs/04_eval_best with --checkpoint best)")
+    p.add_argument("--results", default=None, help="also copy the tables and the per-run and per-image results (small "
+                   "CSV / JSON files) to this folder, e.g. results/<study> (kept in git)")
+    p.add_argument("--checkpoint", nargs="+", default=["final"], choices=["final", "best"],
+                   help="final: each run's last epoch (final.pt); best: its early-stopped epoch (best.pt, the best "
+                   "validation PGD-10; runs with a validation split only); `final best`: rows of each kind in one table "
+                   "(default: final)")
+    p.add_argument("--data", default=None, help="cifar10/fashionmnist/imagenet data folder (default: the one in the checkpoint's config)")
+    p.add_argument("--subset", default="all", choices=["all", "robustbench"],
+                   help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
+                   "(resources/README.md; the other checkpoints keep their whole test split)")
+    p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
+    p.add_argument("--block", type=int, default=stage.BLOCK, help="images per block: the attack batch and the unit of the "
+                   f"attacks' randomness (a change re-draws APGD's and Square's; larger blocks use a GPU better; default: {stage.BLOCK})")
+    p.add_argument("--batch-size", type=int, default=None, help="kept for old commands: the attack batch is --block")
+    p.add_argument("--apgd-steps", type=int, default=stage.APGD_STEPS, help=f"APGD iterations (default: {stage.APGD_STEPS})")
+    p.add_argument("--square-queries", type=int, default=stage.SQUARE_QUERIES, help=f"Square attack queries (default: {stage.SQUARE_QUERIES})")
+    p.add_argument("--autoattack", action="store_true", help="also run the reference AutoAttack's standard set (slow)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
+    p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
+                   "thread each (default: one per core on the CPU, 1 on a GPU; under torchrun: 1, the images are split)")
+    p.add_argument("--compare-results", metavar="DIR", default=None,
+                   help="attack nothing: compare a study again from its small files in DIR (results/<study>: per_image.json, "
+                   "per_run.csv) and write comparisons.md/.csv to --out (and to --results)")
+    return check_args(p.parse_args(argv), stage.OUT_DIR)
+
+
 def check_args(args, out_dir):
     """04's parsed command line, checked (one UserError line for the first bad value, before any work) and completed:
     SAT_SMOKE=1 (the command tests) cuts the images and the attacks' steps; --checkpoint best writes to <out>_best."""

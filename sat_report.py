@@ -241,8 +241,11 @@ def aggregate(results):
     return rows
 
 
-def write_comparisons(heads, cells, out_dir):
-    """04's comparison table (heads, rows of strings) as comparisons.csv and comparisons.md; returns the markdown."""
+def write_comparisons(heads, cells, out_dir, results_dir=None):
+    """04's comparison table (heads, rows of strings) as comparisons.csv and comparisons.md (also into results_dir
+    when given); returns the markdown."""
+    for d in [out_dir] + ([results_dir] if results_dir else []):
+        os.makedirs(d, exist_ok=True)
     with open(os.path.join(out_dir, "comparisons.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(heads)
@@ -251,6 +254,8 @@ def write_comparisons(heads, cells, out_dir):
                    ["| " + " | ".join(c) + " |" for c in cells])
     with open(os.path.join(out_dir, "comparisons.md"), "w") as f:
         f.write(md + "\n")
+    if results_dir:
+        copy_results(out_dir, results_dir, names=("comparisons.md", "comparisons.csv"))
     return md
 
 
@@ -369,11 +374,11 @@ def write_per_image(results, out_dir):
         json.dump(runs, f, indent=0, sort_keys=True)
 
 
-def copy_results(out_dir, results_dir):
+def copy_results(out_dir, results_dir, names=("results.md", "results.csv", "per_run.csv", "per_image.json", "comparisons.md", "comparisons.csv")):
     """The small files a reader needs (tables, per-run and per-image results) copied to results_dir (in git)."""
     import shutil
     os.makedirs(results_dir, exist_ok=True)
-    for name in ("results.md", "results.csv", "per_run.csv", "per_image.json", "comparisons.md", "comparisons.csv"):
+    for name in names:
         if os.path.isfile(os.path.join(out_dir, name)):
             shutil.copyfile(os.path.join(out_dir, name), os.path.join(results_dir, name))
 

@@ -53,3 +53,27 @@ def claimed_p(verdict, p_diff, p_equal):
     """The p-value behind a verdict: better / worse rest on the difference test, equal on the equivalence test;
     an undecided verdict claims nothing (its smaller p enters the family all the same, as Holm requires)."""
     return p_diff if verdict in ("better", "worse") else p_equal if verdict == "equal" else min(p_diff, p_equal)
+
+
+def judge(reps, margin, verdict, decided=True):
+    """(low, high, verdict, Monte Carlo error, p-value) of one comparison from its bootstrap replicates; verdict is
+    04's rule, asked to stay two Monte Carlo errors clear of its thresholds. decided=False (one seed a side): no
+    verdict, and no p-value."""
+    lo, hi = interval(reps)
+    mc = mc_error(reps)
+    if not decided:
+        return lo, hi, "one seed: no verdict", mc, float("nan")
+    v = verdict(lo, hi, margin, guard=2 * mc)
+    return lo, hi, v, mc, claimed_p(v, *p_values(reps, margin))
+
+
+def with_holm(family, metrics, alpha=0.05):
+    """Each row's judgement per metric (a tuple ending in its p-value) gets one more entry: the verdict after Holm
+    over the family, or 'undecided' where its adjusted p is not below alpha ('—' where nothing was decided)."""
+    for k in metrics:
+        claims = [i for i, row in enumerate(family) if row[k][-1] == row[k][-1]]   # NaN p: no verdict
+        adjusted = dict(zip(claims, holm([family[i][k][-1] for i in claims])))
+        for i, row in enumerate(family):
+            v = row[k][3]
+            row[k] += ((v if adjusted[i] < alpha and v != "undecided" else "undecided") if i in adjusted else "—",)
+    return family
