@@ -25,6 +25,7 @@ alpha; a training step with attacker and optimizer swapped or ignoring smooth_gr
 over images only, unpaired) and checks that the right answers pass and every mistake fails.
 """
 import contextlib
+import functools
 import importlib
 import math
 
@@ -68,16 +69,14 @@ def _stage_functions_raise(*names):
             func.__code__ = code
 
 
-def _run(fn, exercise, *args, **kwargs):
+def _run(fn, *args, **kwargs):
     """fn(*args, **kwargs) -> (result, None), or (None, the FAIL line's text) if it raised."""
     try:
         return fn(*args, **kwargs), None
-    except RuntimeError as e:
-        if str(e).startswith(REPO_CALL):
-            stage_fn = str(e).split(": ", 1)[1]
-            return None, f"your answer calls the repo's own {stage_fn}, which the check does not accept: write it yourself"
-        return None, f"your answer raised {type(e).__name__}: {e}"
     except Exception as e:   # the student's code: any error is a FAIL with its message
+        if str(e).startswith(REPO_CALL):
+            return None, (f"your answer calls the repo's own {str(e).split(': ', 1)[1]}, which the check does not "
+                          "accept: write it yourself")
         return None, f"your answer raised {type(e).__name__}: {e}"
 
 
@@ -117,7 +116,7 @@ def check_pgd(fn, model, x, y, eps, steps=10):
     model.eval()
     step = max(eps / 4, eps / steps)
     with _stage_functions_raise("02_pgd.pgd", "02_pgd.pgd_eval"):
-        mine, error = _run(fn, PGD_EXERCISE, model, x, y, eps, step, steps)
+        mine, error = _run(fn, model, x, y, eps, step, steps)
     if error:
         return _verdict(False, PGD_EXERCISE, error, "")
     if mine is None:
@@ -174,13 +173,13 @@ def check_pgd_random_start(fn, model, x, y, eps, steps=10, seeds=5):
     grey = torch.full_like(x, 0.5)
     with _stage_functions_raise("02_pgd.pgd", "02_pgd.pgd_eval"), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        start, error = _run(fn, START_EXERCISE, model, grey, y, eps, eps / 1000, 1, rand_start=True)
+        start, error = _run(fn, model, grey, y, eps, eps / 1000, 1, rand_start=True)
         outs = []
         for seed in range(seeds):
             if error:
                 break
             torch.manual_seed(seed)
-            out, error = _run(fn, START_EXERCISE, model, x, y, eps, max(eps / 4, eps / steps), steps, rand_start=True)
+            out, error = _run(fn, model, x, y, eps, max(eps / 4, eps / steps), steps, rand_start=True)
             outs.append(out)
     if error:
         if "rand_start" in error:
@@ -266,7 +265,7 @@ def check_smooth_relu(fn, alphas=(10.0, 3.0)):
     zero = 100
     for alpha in alphas:
         with _stage_functions_raise(*stage_functions):
-            out, error = _run(fn.apply, SMOOTH_EXERCISE, z, alpha)
+            out, error = _run(fn.apply, z, alpha)
             if error is None and out is None:
                 return _verdict(False, SMOOTH_EXERCISE, "MyReLUSmoothGrad.forward returns None",
                                 "write it in the cell above, then run this cell again")
@@ -359,7 +358,7 @@ def check_training_step(fn, model, x, y, eps):
     mine, diffs = {}, {}
     for mode in SMOOTH_GRAD_MODES:
         with _stage_functions_raise("03_adv_train.adversarial_training_step"):
-            result, error = _run(_weights_after, STEP_EXERCISE, fn, model, x, y, eps, mode)
+            result, error = _run(_weights_after, fn, model, x, y, eps, mode)
         if error:
             return _verdict(False, STEP_EXERCISE, f"smooth_grad={mode}: {error}", "")
         mine[mode] = result[1]
@@ -439,6 +438,21 @@ def _interval(reps):
     return float(lo), float(hi)
 
 
+BOOT_MISTAKES = {"resamples only the seeds: draw the images too, once per replicate, shared by both sides": dict(images="none"),
+                 "resamples only the images: draw each side's seeds too, with replacement": dict(seeds=False),
+                 "draws the images separately for the two sides (unpaired): draw them once per replicate and index "
+                 "both a and b with them": dict(images="unpaired")}
+
+
+@functools.lru_cache(maxsize=1)
+def _bootstrap_intervals():
+    """The right interval on bootstrap_data() and each typical mistake's, 20,000 replicates each (computed once)."""
+    a, b = bootstrap_data()
+    rng = np.random.default_rng(1)
+    return _interval(bootstrap_reference(a, b, 20_000, rng)), \
+        {hint: _interval(bootstrap_reference(a, b, 20_000, rng, **kw)) for hint, kw in BOOT_MISTAKES.items()}
+
+
 def check_bootstrap(fn):
     """fn(a, b, reps, rng) -> (diff, lo, hi) on bootstrap_data(), against bootstrap_reference with 20,000
     replicates. PASS: diff = mean(a) - mean(b) to 1e-6, the interval's width within 12% of the reference's and
@@ -446,7 +460,7 @@ def check_bootstrap(fn):
     each end)."""
     a, b = bootstrap_data()
     with _stage_functions_raise("04_eval.bootstrap_diff"):
-        mine, error = _run(fn, BOOT_EXERCISE, a, b, BOOT_REPS, np.random.default_rng(0))
+        mine, error = _run(fn, a, b, BOOT_REPS, np.random.default_rng(0))
     if error:
         return _verdict(False, BOOT_EXERCISE, error, "")
     if mine is None:
@@ -455,8 +469,7 @@ def check_bootstrap(fn):
         diff, lo, hi = (float(v) for v in mine)
     except (TypeError, ValueError):
         return _verdict(False, BOOT_EXERCISE, f"my_bootstrap returned {mine!r}", "return three numbers: (diff, lo, hi)")
-    rng = np.random.default_rng(1)
-    ref_lo, ref_hi = _interval(bootstrap_reference(a, b, 20_000, rng))
+    (ref_lo, ref_hi), mistakes = _bootstrap_intervals()
     width, ref_width = hi - lo, ref_hi - ref_lo
     measured = (f"yours {100 * diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}], reference {100 * (a.mean() - b.mean()):+.2f} "
                 f"[{100 * ref_lo:+.2f}, {100 * ref_hi:+.2f}] points; width {width / ref_width:.2f}x the reference's "
@@ -472,16 +485,9 @@ def check_bootstrap(fn):
         return abs((h2 - l2) / w - 1) <= BOOT_TOL_WIDTH and abs((l2 + h2) - (l1 + h1)) / 2 / w <= BOOT_TOL_CENTER
     if close(lo, hi, ref_lo, ref_hi):
         return _verdict(True, BOOT_EXERCISE, measured)
-    mistakes = {"resamples only the seeds: draw the images too, once per replicate, shared by both sides": dict(images="none"),
-                "resamples only the images: draw each side's seeds too, with replacement": dict(seeds=False),
-                "draws the images separately for the two sides (unpaired): draw them once per replicate and index "
-                "both a and b with them": dict(images="unpaired")}
-    for hint, kw in mistakes.items():
-        if close(lo, hi, *_interval(bootstrap_reference(a, b, 20_000, rng, **kw))):
+    for hint, interval in mistakes.items():
+        if close(lo, hi, *interval):
             return _verdict(False, BOOT_EXERCISE, measured, f"your interval matches a bootstrap that {hint}")
-    if abs(width - 100 * ref_width) / (100 * ref_width) < 0.2:
-        hint = "the interval is in points, not fractions"
-    else:
-        hint = ("per replicate: image indices rng.integers(0, n, n) shared by a and b, seed indices drawn separately for "
-                "each side, the difference of the two resampled means; then the 2.5th and 97.5th percentiles")
+    hint = ("per replicate: image indices rng.integers(0, n, n) shared by a and b, seed indices drawn separately for "
+            "each side, the difference of the two resampled means; then the 2.5th and 97.5th percentiles")
     return _verdict(False, BOOT_EXERCISE, measured, hint)

@@ -284,13 +284,9 @@ def test_bootstrap_reference_is_stage_04s():
 
 def test_bootstrap_mistakes_are_far_from_the_right_interval():
     """The data make each mistake's interval clearly wider or narrower than the right one (bootstrap_data's claim)."""
-    a, b = checks.bootstrap_data()
-    rng = np.random.default_rng(3)
-    width = {name: np.subtract(*checks._interval(checks.bootstrap_reference(a, b, 20_000, rng, **kw))[::-1])
-             for name, kw in {"right": {}, "seeds only": dict(images="none"), "images only": dict(seeds=False),
-                              "unpaired": dict(images="unpaired")}.items()}
-    ratio = {k: w / width["right"] for k, w in width.items()}
-    assert ratio["images only"] < 0.7 and ratio["seeds only"] < 0.7 and ratio["unpaired"] > 1.7, ratio
+    (lo, hi), mistakes = checks._bootstrap_intervals()
+    ratio = {hint.split(":")[0]: (m_hi - m_lo) / (hi - lo) for hint, (m_lo, m_hi) in mistakes.items()}
+    assert len(ratio) == 3 and all(r < 0.7 or r > 1.7 for r in ratio.values()), ratio
 
 
 @pytest.mark.parametrize("answer, passes, hint", [
