@@ -17,8 +17,8 @@
 #
 # **Learning objectives.** After this notebook you can (1) read the paper's scaling results, (2) say what the
 # activation swap replaces in each model family, and (3) judge whether SAT is "free" from measured step costs.
-# **Prerequisites.** Notebooks 1 to 3. **Time.** About 30 minutes with the exercises; the cells run in about a
-# minute on 2 CPU cores.
+# **Prerequisites.** Notebooks 1 to 3. **Time.** About 30 minutes with the exercises (an estimate); the cells ran in 7
+# to 19 minutes on a 2-core CPU that other jobs kept busy (measured: docs/COURSE.md), most of it training the width runs: start them first.
 #
 # Section 5 of the paper: SAT keeps helping as the network grows. Deeper and wider ResNets and ResNeXts trained
 # with SAT (SiLU, same recipe: Eq. 1 with PGD-1 at ε = 4/255) improve both clean and robust accuracy, and an
@@ -63,7 +63,7 @@ EPS = attack.px(attack.EPS_PX["digits"])
 # PGD-50 from the release). Parameter counts are computed from torchvision's untrained models where torchvision
 # has the architecture.
 
-# %%
+# %% tags=["deterministic"]
 PAPER_SCALING = [   # (model, torchvision name or None, input px, clean %, robust %, attack)
     ("ResNet-50, ReLU (baseline)", "resnet50", 224, 68.8, 33.0, "PGD-200"),
     ("ResNet-50, SiLU", "resnet50", 224, 69.7, 42.3, "PGD-200"),
@@ -103,7 +103,7 @@ nb.show(fig)
 # Below, each family is built on PyTorch's `meta` device (shapes only, nothing allocated) and swapped to ReLU,
 # the paper's baseline: what was replaced, by type, and what is left.
 
-# %%
+# %% tags=["deterministic"]
 acts = nb.stage("01_activations")
 FAMILIES = ["resnet50", "resnet152", "resnext50_32x4d", "wide_resnet50_2", "efficientnet_b0", "efficientnet_b7",
             "regnet_y_400mf", "mobilenet_v3_large", "convnext_tiny", "vit_b_16"]
@@ -136,7 +136,7 @@ nb.table(["model", "params (M)", "usual px", "replaced by ReLU", "gates kept", "
 # in the same model and batch, as a ratio to ReLU's step (activations alternating, median over repeats): the digits
 # model and a CIFAR ResNet-18 on one CPU core, and ResNet-50 in bf16 on an NVIDIA H200. Its tables are in `docs/`.
 
-# %%
+# %% tags=["deterministic"]
 import csv
 def cost_table(path):
     with open(os.path.join(ROOT, "docs", path)) as f:
@@ -213,12 +213,13 @@ nb.table(["act", "width", "params", "train s", "clean %", "PGD-50 %", "APGD-CE %
          [[a, w, n, f"{s:.0f}"] + [100 * v for v in vals] for (a, w), (n, s, *vals) in width_runs.items()])
 
 # %%
+COLOR = {"relu": "k", "silu": "C0"}   # one colour per activation, in both panels and as in the paper's plot above
 fig, (ax_c, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
 for act in ACTS:
     n = [width_runs[(act, w)][0] for w in WIDTHS]
-    ax_c.plot(n, [100 * width_runs[(act, w)][2] for w in WIDTHS], "o-", label=act)
-    ax_r.plot(n, [100 * width_runs[(act, w)][6] for w in WIDTHS], "o-", label=f"{act}, worst case")
-    ax_r.plot(n, [100 * width_runs[(act, w)][3] for w in WIDTHS], "o:", alpha=0.5, label=f"{act}, PGD-50")
+    ax_c.plot(n, [100 * width_runs[(act, w)][2] for w in WIDTHS], "o-", color=COLOR[act], label=act)
+    ax_r.plot(n, [100 * width_runs[(act, w)][6] for w in WIDTHS], "o-", color=COLOR[act], label=f"{act}, worst case")
+    ax_r.plot(n, [100 * width_runs[(act, w)][3] for w in WIDTHS], "o:", color=COLOR[act], alpha=0.5, label=f"{act}, PGD-50")
 n_params = [width_runs[("relu", w)][0] for w in WIDTHS]
 for ax, t in ((ax_c, "clean accuracy %"), (ax_r, "robust accuracy % (eps 64/255)")):
     ax.set(xscale="log", xlabel="width (parameters)", ylabel=t)
@@ -331,3 +332,6 @@ for label, f in [("ReLU", F.relu), ("stage 01 CPU form", psp), ("F.softplus(x, b
 # vectorised), so stage 01 composes the same value from `exp` and `log`, which are vectorised, in a few passes;
 # it is still several times ReLU's one comparison. On a GPU the one fused `F.softplus` kernel wins, and stage 01
 # uses it there.
+
+# %% tags=["solution"]
+nb.stamp()   # the answer key's stamp: the code these outputs came from (tests/test_notebooks.py checks it)

@@ -8,8 +8,12 @@ No algorithm of the paper lives here (those are in the numbered stages, which th
               temporary folder), else ROOT/runs/notebooks. Runs are named by their settings and shared
               between notebooks, so a model trained by notebook 1 is reused by notebooks 2-4.
   QUICK       True when $SAT_NOTEBOOK_QUICK=1 (tests/test_notebooks.py): every computation shrinks further.
+and the answer key's stamp (stamp(), code_digest()): the last cell of each full edition prints which code it ran
+on, so that tests/test_notebooks.py can tell a stored output made by older code from one made by today's.
 """
+import ast
 import contextlib
+import hashlib
 import html
 import importlib
 import io
@@ -137,3 +141,63 @@ def table(headers, rows, floatfmt="{:.1f}"):
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [list(map(str, headers))] + cells)
     display({"text/html": f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "text/plain": text}, raw=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The answer key's stamp: which code the stored outputs of a full edition came from
+
+def _code_without_docs(path):
+    """The code of a Python file as its syntax tree, without comments and docstrings: editing those changes no
+    output, so it does not make a stored output stale."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def code_digest(files, cells):
+    """A short hash of the repo files `files` (paths relative to ROOT, their code only) and of the notebook's code
+    cells `cells` (their source), in this order. The same code gives the same digest on any machine with the same
+    Python minor version (ast.dump's format may change between versions)."""
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.encode() + b"\0" + _code_of(rel).encode() + b"\0")
+    for cell in cells:
+        h.update(cell.strip().encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _code_of(rel):
+    return _code_without_docs(os.path.join(ROOT, rel))
+
+
+def repo_files_imported():
+    """The repo's Python files this kernel has imported (stages, support modules, notebooks/*.py, benchmarks),
+    relative to ROOT, sorted."""
+    found = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None) or ""
+        # absolute paths only: a few modules (torch._classes) carry a bare file name that is no file
+        if path.endswith(".py") and os.path.isabs(path) and path.startswith(ROOT + os.sep) and os.path.isfile(path):
+            rel = os.path.relpath(os.path.abspath(path), ROOT)
+            if not rel.startswith(("tests" + os.sep, ".venv" + os.sep)):
+                found.add(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+STAMP = "answer key: ran on code"
+
+
+def stamp():
+    """The last cell of each full edition: print the digest of the code this kernel ran, the repo files it
+    imported and every code cell executed before this one (IPython's input history), and the Python version.
+    tests/test_notebooks.py recomputes it from today's files and the notebook's source: a different digest means
+    the stored outputs came from other code, and `make notebooks` must run again."""
+    from IPython import get_ipython
+    cells = [c for c in get_ipython().user_ns["In"][1:-1]]   # In[0] is empty; In[-1] is this cell
+    files = repo_files_imported()
+    print(f"{STAMP} {code_digest(files, cells)} (python {sys.version_info[0]}.{sys.version_info[1]}; "
+          f"{len(cells)} cells before this one; files: {' '.join(files)})")

@@ -4,8 +4,17 @@ top to bottom.
 The source is a jupytext percent script; `make notebooks` writes from it the full edition notebooks/NN_name.ipynb
 (executed, stored with outputs) and the student edition notebooks/student/NN_name.ipynb (the full edition without
 the cells tagged "solution", outputs cleared). The tests check that the committed editions are what `make
-notebooks` makes of the committed sources (cells compared, not outputs), that the solution cells are exactly the
-"## Solutions" section, and that none of them reaches a student edition.
+notebooks` makes of the committed sources (cells compared), that the solution cells are exactly the "## Solutions"
+section, and that none of them reaches a student edition.
+
+The answer key (the full editions' stored outputs) is checked without executing a full edition again:
+  * each full edition ends with a stamp, printed by nbsetup.stamp(): a digest of the code it ran on (the repo
+    files it imported, comments and docstrings left out, and its own code cells). The test recomputes it from
+    today's files and source: a stored output made by other code (an edited stage, or an edited cell whose old
+    output `jupytext --update` kept) fails it, until `make notebooks` runs again;
+  * the cells tagged "deterministic" print the same in every run, quick or full (they read files in git or draw
+    from a fixed seed, never a trained model): the student editions executed here hold them too, and their fresh
+    outputs must equal the full edition's stored ones.
 
 Quick mode (SAT_NOTEBOOK_QUICK=1) shrinks every computation in the notebooks (fewer epochs, images, attack
 steps). Here the student editions run, each from where it is stored (as a student opens it), read from disk,
@@ -19,6 +28,7 @@ stage outputs): every cell runs in one of the two.
 import glob
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -37,6 +47,7 @@ STUDENT_DIR = os.path.join(NOTEBOOK_DIR, "student")
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(NOTEBOOK_DIR, "0*_*.py")))
 SOLUTION = "solution"   # the tag of the answer cells; the Makefile passes it to TagRemovePreprocessor
 SOLUTIONS_HEADING = "## Solutions"
+DETERMINISTIC = "deterministic"   # cells whose outputs are the same in every run: compared with the stored ones
 
 
 def source(name):
@@ -58,6 +69,25 @@ def cells(nb):
 
 def is_solution(cell):
     return SOLUTION in cell.metadata.get("tags", [])
+
+
+def text_output(cell):
+    """What a code cell printed (stdout) and displayed as text, in order, as one string (a stream may come in
+    chunks that differ from run to run)."""
+    out = []
+    for o in cell.get("outputs", []):
+        if o.output_type == "stream" and o.name == "stdout":
+            out.append(o.text)
+        elif o.output_type in ("execute_result", "display_data") and "text/plain" in o.get("data", {}):
+            out.append(o.data["text/plain"] + "\n")
+    return "".join(out)
+
+
+def nbsetup():
+    if NOTEBOOK_DIR not in sys.path:
+        sys.path.insert(0, NOTEBOOK_DIR)
+    import nbsetup
+    return nbsetup
 
 
 def execute(nb, cwd):
@@ -128,6 +158,32 @@ def test_student_edition_is_the_full_edition_without_solutions(name):
     assert all(not c.outputs and c.execution_count is None for c in student.cells if c.cell_type == "code")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_full_edition_ran_on_this_code(name):
+    """The stored outputs come from one top-to-bottom run (execution counts 1, 2, ...), not in quick mode, on
+    today's code: the stamp in the last cell equals the digest of today's files and of the source's code cells."""
+    full = nbformat.read(full_path(name), as_version=4)
+    code = [c for c in full.cells if c.cell_type == "code"]
+    rebuild = f"run `make notebooks NB={int(name[:2])}`"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), \
+        f"notebooks/{name}.ipynb was not executed top to bottom in one run: {rebuild}"
+    assert "quick mode: False" in text_output(code[0]), f"notebooks/{name}.ipynb was executed in quick mode: {rebuild}"
+    setup = nbsetup()
+    stamp = next((line for line in text_output(code[-1]).splitlines() if line.startswith(setup.STAMP)), None)
+    assert stamp, f"notebooks/{name}.ipynb has no stamp in its last cell (executed before the stamps existed): {rebuild}"
+    m = re.match(re.escape(setup.STAMP) + r" (\w+) \(python (\d+\.\d+); \d+ cells before this one; files: (.*)\)$", stamp)
+    assert m, stamp
+    digest, python, files = m.group(1), m.group(2), m.group(3).split()
+    if python != f"{sys.version_info[0]}.{sys.version_info[1]}":
+        pytest.skip(f"stamped under Python {python}: ast.dump's format may differ in this Python")
+    missing = [f for f in files if not os.path.isfile(os.path.join(ROOT, f))]
+    assert not missing, f"notebooks/{name}.ipynb ran on files that are gone: {missing}: {rebuild}"
+    cells = [c.source for c in source(name).cells if c.cell_type == "code"][:-1]
+    assert digest == setup.code_digest(files, cells), (
+        f"notebooks/{name}.ipynb's outputs came from other code than today's (a stage, a support module or a cell "
+        f"changed since it was executed): {rebuild}")
+
+
 def test_kernel_is_this_interpreter(quick_env, tmp_path, monkeypatch):
     """Kernel "python3" starts with the interpreter running this process (the venv's, with its torch), even when
     the user's own Jupyter folder names another Python for "python3", as a global `ipykernel install --user` does."""
@@ -158,3 +214,12 @@ def test_notebook_runs_top_to_bottom(path, quick_env, tmp_path):
     assert sorted(os.listdir(folder)) == files_before, "a notebook wrote into its own folder"
     with open(path, "rb") as f:
         assert f.read() == before, "the stored notebook must not change"
+    # the answer key: the deterministic cells just run must print what the full edition stores
+    name = os.path.basename(path)[:-len(".ipynb")]
+    stored = {c.source: text_output(c) for c in nbformat.read(full_path(name), as_version=4).cells
+              if DETERMINISTIC in c.metadata.get("tags", [])}
+    fresh = {c.source: text_output(c) for c in nb.cells if DETERMINISTIC in c.metadata.get("tags", [])}
+    assert fresh.keys() == stored.keys(), "run: make notebooks"
+    stale = [src.splitlines()[0] for src in fresh if fresh[src] != stored[src]]
+    assert not stale, (f"notebooks/{name}.ipynb stores other outputs than its code prints today, in the cells starting "
+                       f"{stale}: run `make notebooks NB={int(name[:2])}`")
