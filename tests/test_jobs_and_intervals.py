@@ -74,7 +74,7 @@ def test_jobs_give_the_same_numbers_as_one_process(tmp_path):
     run(f"{ROOT}/04_eval.py", *ev, "--jobs", "2", "--out", "ev2", cwd=tmp_path)
     assert (tmp_path / "ev1" / "per_run.csv").read_text() == (tmp_path / "ev2" / "per_run.csv").read_text()
     rows = list(csv.DictReader(open(tmp_path / "ev2" / "comparisons.csv")))
-    assert [r["configuration"] for r in rows] == ["digits silu"] and rows[0]["seeds"] == "2 vs 2"
+    assert [r["configuration"] for r in rows] == ["digits silu"] and rows[0]["seeds"] == "2 vs 2, paired"
     assert rows[0]["worst case verdict"] in ("better", "worse", "equal", "undecided")
 
 

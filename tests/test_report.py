@@ -1,7 +1,8 @@
 """sat_report: the tables stage 04 writes, from a fixed list of per-checkpoint results, byte for byte what
 04_eval.py wrote before its tables moved out (commit 6dc7b55): results.md/.csv, per_run.csv, comparisons.md/.csv,
 plus the columns of the attacks added since (PGD-200 through the smooth backward, APGD-T; AutoAttack in
-per_run.csv), empty ('—' or '') for these results that lack them.
+per_run.csv), empty ('—' or '') for these results that lack them, and the comparisons' columns added since
+(seeds paired where both sides ran the same ones, the verdicts after Holm, the Monte Carlo error).
 Results made up by hand: 8 test images, two ReLU seeds, two SiLU seeds, one ReLU with a smooth gradient for the
 attacker, one standard-trained ReLU; masking flags on two runs."""
 import importlib
@@ -60,16 +61,16 @@ digits_relu_s0,digits,digitsnet,relu,none,none,0,64.0,8,1.0,0.5,0.6,0.5,0.45,0.0
 """
 
 COMPARISONS_MD = """\
-| configuration | vs | seeds | test images | clean Δ (95% CI) | PGD-200 Δ (95% CI) | worst case Δ (95% CI) | clean verdict | PGD-200 verdict | worst case verdict | paper Δ |
-|---|---|---|---|---|---|---|---|---|---|---|
-| digits silu | digits relu | 2 vs 2 | 8 | -12.5 [-37.5, +0.0] | -12.5 [-37.5, +0.0] | -12.5 [-37.5, +0.0] | undecided | undecided | undecided | +9.3 (ImageNet PGD-200) |
-| digits relu (smooth grad: attacker) | digits relu | 1 vs 2 | 8 | +6.2 [+0.0, +25.0] | +18.8 [+0.0, +50.0] | +18.8 [+0.0, +50.0] | one seed: no verdict | one seed: no verdict | one seed: no verdict | +1.5 (ImageNet PGD-200) |
+| configuration | vs | seeds | test images | clean Δ (95% CI) | PGD-200 Δ (95% CI) | worst case Δ (95% CI) | clean verdict | PGD-200 verdict | worst case verdict | clean after Holm | PGD-200 after Holm | worst case after Holm | Monte Carlo error | paper Δ |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| digits silu | digits relu | 2 vs 2, paired | 8 | -12.5 [-37.5, +0.0] | -12.5 [-37.5, +0.0] | -12.5 [-37.5, +0.0] | undecided | undecided | undecided | undecided | undecided | undecided | ±0.31 | +9.3 (ImageNet PGD-200) |
+| digits relu (smooth grad: attacker) | digits relu | 1 vs 2 | 8 | +6.2 [+0.0, +25.0] | +18.8 [+0.0, +50.0] | +18.8 [+0.0, +50.0] | one seed: no verdict | one seed: no verdict | one seed: no verdict | — | — | — | ±0.62 | +1.5 (ImageNet PGD-200) |
 """
 
 COMPARISONS_CSV = """\
-configuration,vs,seeds,test images,clean Δ (95% CI),PGD-200 Δ (95% CI),worst case Δ (95% CI),clean verdict,PGD-200 verdict,worst case verdict,paper Δ
-digits silu,digits relu,2 vs 2,8,"-12.5 [-37.5, +0.0]","-12.5 [-37.5, +0.0]","-12.5 [-37.5, +0.0]",undecided,undecided,undecided,+9.3 (ImageNet PGD-200)
-digits relu (smooth grad: attacker),digits relu,1 vs 2,8,"+6.2 [+0.0, +25.0]","+18.8 [+0.0, +50.0]","+18.8 [+0.0, +50.0]",one seed: no verdict,one seed: no verdict,one seed: no verdict,+1.5 (ImageNet PGD-200)
+configuration,vs,seeds,test images,clean Δ (95% CI),PGD-200 Δ (95% CI),worst case Δ (95% CI),clean verdict,PGD-200 verdict,worst case verdict,clean after Holm,PGD-200 after Holm,worst case after Holm,Monte Carlo error,paper Δ
+digits silu,digits relu,"2 vs 2, paired",8,"-12.5 [-37.5, +0.0]","-12.5 [-37.5, +0.0]","-12.5 [-37.5, +0.0]",undecided,undecided,undecided,undecided,undecided,undecided,±0.31,+9.3 (ImageNet PGD-200)
+digits relu (smooth grad: attacker),digits relu,1 vs 2,8,"+6.2 [+0.0, +25.0]","+18.8 [+0.0, +50.0]","+18.8 [+0.0, +50.0]",one seed: no verdict,one seed: no verdict,one seed: no verdict,—,—,—,±0.62,+1.5 (ImageNet PGD-200)
 """
 
 
