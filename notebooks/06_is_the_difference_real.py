@@ -103,7 +103,7 @@ print(f"test images that every SiLU and every ReLU model gets right, or every on
 #    return the mean difference and the 2.5th and 97.5th percentiles of the replicated differences, as fractions.
 #    The check runs it on a made-up pair of recipes built so that each typical mistake (resampling the seeds only,
 #    the images only, or the images separately for the two sides) gives a clearly different interval, compares
-#    the interval with a reference bootstrap of 20,000 replicates, and prints PASS or FAIL with a hint (stage 04's
+#    the interval with a reference bootstrap of 10,000 replicates, and prints PASS or FAIL with a hint (stage 04's
 #    `bootstrap_diff` does not count as an answer). The cell then prints your interval for SiLU minus ReLU on the
 #    study beside stage 04's and the one in `results/fashionmnist_val/comparisons.csv` (different random numbers:
 #    they agree to a few tenths of a point, not exactly).

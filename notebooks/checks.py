@@ -446,15 +446,15 @@ BOOT_MISTAKES = {"resamples only the seeds: draw the images too, once per replic
 
 @functools.lru_cache(maxsize=1)
 def _bootstrap_intervals():
-    """The right interval on bootstrap_data() and each typical mistake's, 20,000 replicates each (computed once)."""
+    """The right interval on bootstrap_data() and each typical mistake's, 10,000 replicates each (computed once)."""
     a, b = bootstrap_data()
     rng = np.random.default_rng(1)
-    return _interval(bootstrap_reference(a, b, 20_000, rng)), \
-        {hint: _interval(bootstrap_reference(a, b, 20_000, rng, **kw)) for hint, kw in BOOT_MISTAKES.items()}
+    return _interval(bootstrap_reference(a, b, 10_000, rng)), \
+        {hint: _interval(bootstrap_reference(a, b, 10_000, rng, **kw)) for hint, kw in BOOT_MISTAKES.items()}
 
 
 def check_bootstrap(fn):
-    """fn(a, b, reps, rng) -> (diff, lo, hi) on bootstrap_data(), against bootstrap_reference with 20,000
+    """fn(a, b, reps, rng) -> (diff, lo, hi) on bootstrap_data(), against bootstrap_reference with 10,000
     replicates. PASS: diff = mean(a) - mean(b) to 1e-6, the interval's width within 12% of the reference's and
     its midpoint within 10% of the reference's width (2,000 replicates put about 2% of Monte Carlo error on
     each end)."""
