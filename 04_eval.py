@@ -302,7 +302,8 @@ def main(argv=None):
         print(sat_report.write_comparisons(*comparison_table(comparisons), args.out, args.results))
         return
     paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
-             for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)]   # or a one-line error naming the stage to run
+             for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)   # or a one-line error naming the stage to run
+             ] if not args.own_model else [sat_eval_run.own_checkpoint(args)]   # or your own model's state dict
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     results = sat_eval_run.evaluate_all(sys.modules[__name__], args, paths)   # --jobs or torchrun; a row each
