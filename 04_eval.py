@@ -20,6 +20,7 @@ Run it:
 Writes runs/04_eval/: results.md/.csv (a row per configuration, mean +- std over seeds, the paper's beside), per_run.csv
 (every number with its attack parameters), per_image.json, comparisons.md/.csv, figures. The harness (seeds per
 image and block, --jobs, torchrun, the cache, resume): sat_eval_run.py; the tables: sat_report.py.
+Your own model (any nn.Module on pixels in [0, 1], or --own-model WEIGHTS.pt --arch --act --dataset): docs/SNIPPETS.md.
 """
 import copy
 import importlib

@@ -78,8 +78,30 @@ def test_own_model_command_gives_the_stage_own_numbers(trained_digits, tmp_path,
         assert own_run[k] == stage_run[k] and len(own_run[k]) == 40, k
     for f in ("results.md", "results.csv", "per_run.csv"):
         assert (tmp_path / "own" / f).is_file(), f
+    assert "digits relu (own model)" in open(tmp_path / "own" / "results.md").read()
     for argv, words in ((["--own-model", str(tmp_path / "nothing.pt")], "no such file"),
                         (["--own-model", str(tmp_path / "weights.pt"), "--dataset", "cifar10"], "does not fit --arch"),
                         (["--own-model", str(tmp_path / "weights.pt"), "--arch", "resnet18"], "does not fit dataset")):
         code, out, err = run_cli(capsys, argv + ["--out", str(tmp_path / "bad")])
         assert code == 2 and err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_own_state_dict_forms_load_alike(trained_digits, tmp_path):
+    """--own-model takes this repo's Sequential(Normalize, net) keys, a bare network's keys (the data set's mean and std
+    put in front), a DDP "module." prefix, or a dict holding one under "model": each gives the same checkpoint."""
+    import argparse
+    import sat_eval_run
+    _, path = trained_digits
+    wrapped = sat_files.load_checkpoint(path)["model"]
+    bare = {k[2:]: v for k, v in wrapped.items() if k.startswith("1.")}
+    forms = {"wrapped": wrapped, "bare": bare, "ddp": {f"module.{k}": v for k, v in bare.items()}, "dict": {"model": bare}}
+    saved = {}
+    for name, sd in forms.items():
+        torch.save(sd, tmp_path / f"{name}.pt")
+        args = argparse.Namespace(own_model=str(tmp_path / f"{name}.pt"), arch="digitsnet", act="relu", dataset="digits",
+                                  data=None, eps=None, out=str(tmp_path / "out"))
+        ckpt = sat_files.load_checkpoint(sat_eval_run.own_checkpoint(args))
+        assert ckpt["config"]["eps"] == 64.0 and ckpt["config"]["num_classes"] == 10 and ckpt["config"]["width"] == 16
+        saved[name] = ckpt["model"]
+    for name in forms:
+        assert saved[name].keys() == wrapped.keys() and all(torch.equal(saved[name][k], wrapped[k]) for k in wrapped), name
