@@ -20,6 +20,7 @@ Run it:
 Writes runs/04_eval/: results.md/.csv (a row per configuration, mean +- std over seeds, the paper's beside), per_run.csv
 (every number with its attack parameters), per_image.json, comparisons.md/.csv, figures. The harness (seeds per
 image and block, --jobs, torchrun, the cache, resume): sat_eval_run.py; the tables: sat_report.py.
+Your own model (any nn.Module on pixels in [0, 1], or --own-model WEIGHTS.pt --arch --act --dataset): docs/SNIPPETS.md.
 """
 import copy
 import importlib
@@ -302,7 +303,8 @@ def main(argv=None):
         print(sat_report.write_comparisons(*comparison_table(comparisons), args.out, args.results))
         return
     paths = [p for which in dict.fromkeys(args.checkpoint)   # every final.pt first, then every best.pt
-             for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)]   # or a one-line error naming the stage to run
+             for p in sat_report.checkpoints_to_evaluate(args.runs, args.out, which)   # or a one-line error naming the stage to run
+             ] if not args.own_model else [sat_eval_run.own_checkpoint(args)]   # or your own model's state dict
     import matplotlib
     matplotlib.use("Agg")   # scripts only save figures; notebooks keep their own inline backend
     results = sat_eval_run.evaluate_all(sys.modules[__name__], args, paths)   # --jobs or torchrun; a row each

@@ -137,6 +137,56 @@ def evaluate_job(job):
     return r, cached, time.time() - t
 
 
+# ---- a user's own model: a state dict made a checkpoint of this repo's format -----------------------------------
+
+def own_state_dict(path):
+    """The tensors of --own-model: a plain state dict (or one under "model" / "state_dict"; DDP's "module." prefixes
+    dropped), read with weights_only=True. A bad file is one UserError line."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # missing, truncated, not a torch file, a forbidden global
+        raise sat_cli.UserError(f"--own-model {path!r} is not a readable state dict ({e.__class__.__name__}: {str(e).strip()[:120]})")
+    if isinstance(sd, dict) and isinstance(sd.get("model", sd.get("state_dict")), dict):
+        sd = sd.get("model", sd.get("state_dict"))
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise sat_cli.UserError(f"--own-model {path!r} holds no state dict (a dict of tensors, as torch.save(model.state_dict()) writes)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def own_checkpoint(args):
+    """--own-model: the user's state dict on --arch with --act's activations and --dataset's normalisation, saved
+    as <out>/own/<file name>/final.pt, a checkpoint of this repo's format (config + model), which stage 04 then
+    evaluates as it evaluates its own (the same tables). Keys "0.mean", "0.std", "1.<layer>" are this repo's
+    Sequential(Normalize, net); any other keys are the bare network's, given the data set's mean and std in front.
+    Returns the checkpoint's path; sets args.runs to its folder (the cache is named below it)."""
+    import sat_data
+    sd = own_state_dict(args.own_model)
+    name = sat_models.check_model_name(args.arch, args.dataset)
+    if not ("0.mean" in sd and "0.std" in sd):   # a bare network: normalisation in front, as in every model here
+        mean, std = sat_data.STATS[args.dataset]
+        sd = {"0.mean": torch.tensor(mean).view(1, -1, 1, 1), "0.std": torch.tensor(std).view(1, -1, 1, 1),
+              **{f"1.{k}": v for k, v in sd.items()}}
+    data = args.data or "data"
+    size = sat_models.usual_image_size(name) if args.dataset == "imagenet" else 224
+    classes = sat_data.num_classes_of(args.dataset, None if args.dataset in sat_data.NUM_CLASSES else
+                                      sat_data.get_dataset(args.dataset, "test", data, size))
+    cfg = {"dataset": args.dataset, "data": data, "model": name, "image_size": size, "num_classes": classes,
+           "act": args.act, "smooth_grad": "none", "attack": "own model", "eps": args.eps or attack.EPS_PX[args.dataset],
+           "seed": 0, "own_model": os.path.abspath(args.own_model)}
+    if name in ("digitsnet", "fashionnet"):
+        cfg["width"] = sd["1.stem.0.weight"].shape[0] if "1.stem.0.weight" in sd else 16
+    model = sat_models.build_model(cfg)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise sat_cli.UserError(f"--own-model {args.own_model!r} does not fit --arch {args.arch} on {args.dataset} "
+                                f"({classes} classes): {'; '.join(line.strip() for line in str(e).splitlines()[:2])[:240]}")
+    args.runs = os.path.join(args.out, "own")
+    path = os.path.join(args.runs, os.path.splitext(os.path.basename(args.own_model))[0], "final.pt")
+    sat_files.save_checkpoint({"kind": "own", "model": model.state_dict(), "config": cfg}, path)
+    return path
+
+
 # ---- the command: its checks, every checkpoint over processes -------------------------------------------------
 
 def parse_args(stage, argv=None):
@@ -166,6 +216,14 @@ def parse_args(stage, argv=None):
     p.add_argument("--no-cache", action="store_true", help="re-evaluate every checkpoint")
     p.add_argument("--jobs", type=int, default=None, help="checkpoints evaluated at once, one process and one torch "
                    "thread each (default: one per core on the CPU, 1 on a GPU; under torchrun: 1, the images are split)")
+    p.add_argument("--own-model", metavar="WEIGHTS.pt", default=None, help="evaluate your own model instead: a state dict "
+                   "(torch.save(model.state_dict())) of --arch with --act, on --dataset (docs/SNIPPETS.md); tables in --out "
+                   "(default runs/04_eval_own)")
+    p.add_argument("--arch", default=None, help="--own-model's architecture: a torchvision model (resnet18, resnet50, ...) "
+                   "or this repo's digitsnet, fashionnet, cifar_resnet18 (default: the data set's preset model)")
+    p.add_argument("--act", default="relu", choices=list(acts.ACTIVATIONS), help="--own-model's activation (default relu)")
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "fashionmnist", "imagenet"],
+                   help="--own-model's data set: its test split, normalisation, eps (default digits, built in)")
     p.add_argument("--compare-results", metavar="DIR", default=None,
                    help="attack nothing: compare a study again from its small files in DIR (results/<study>: per_image.json, "
                    "per_run.csv) and write comparisons.md/.csv to --out (and to --results)")
@@ -188,6 +246,15 @@ def check_args(args, out_dir):
         attack.check_px("--eps", args.eps)
     args.max_pgd_steps = None   # SAT_SMOKE=1 (the command tests): a few images, a few steps of each attack
     vars(args).update(sat_smoke.smoke_settings("eval", {k: getattr(args, k) for k in ("limit", "max_pgd_steps", "apgd_steps", "square_queries")}))
+    if args.own_model:
+        args.arch = args.arch or {"digits": "digitsnet", "fashionmnist": "fashionnet", "cifar10": "cifar_resnet18"}.get(args.dataset)
+        if args.arch is None:
+            raise sat_cli.UserError("--own-model on imagenet needs --arch (a torchvision model such as resnet50)")
+        if not os.path.isfile(args.own_model):
+            raise sat_cli.UserError(f"--own-model {args.own_model!r}: no such file")
+        if args.out == out_dir:
+            args.out = out_dir + "_own"
+        sat_cli.check_out_dir(args.out)
     if "best" in args.checkpoint and args.out == out_dir:
         args.out = out_dir + "_best"   # tables of their own: rows "[best epoch]" beside the final ones if both asked
     return args

@@ -175,7 +175,7 @@ def config_label(r, extra=()):
     `extra` (those that tell it apart from another configuration of the same name), e.g. '(model=resnet101)',
     and ', best epoch' for early-stopped checkpoints (best.pt)."""
     sg = f" (smooth grad: {r['smooth_grad']})" if r["smooth_grad"] != "none" else ""
-    std = " standard training" if r["train_attack"] == "none" else ""
+    std = {"none": " standard training", "own model": " (own model)"}.get(r["train_attack"], "")   # --own-model: not trained here
     more = ", ".join(f"{k}={r['recipe'][k]}" for k in extra if k != "checkpoint")
     best = " [best epoch]" if r.get("checkpoint") == "best" else ""
     return f"{r['dataset']} {r['act']}{sg}{std}{best}" + (f" ({more})" if more else "")
