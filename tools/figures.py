@@ -46,7 +46,7 @@ def forest(out=os.path.join(ROOT, "docs", "forest_comparisons.png")):
     ax.set_yticks(ys, [f"{study}: {conf.split(' ', 1)[1]}" for study, conf, *_ in rows], fontsize=7)
     for v, c in COLOURS.items():
         ax.plot([], [], "o", color=c, label=f"{v} (after Holm)")
-    ax.set(xlabel="worst-case robust accuracy minus ReLU's, points (95% seed × image bootstrap)",
+    ax.set(xlabel="worst case minus ReLU, points (95% paired bootstrap)",
            title="every comparison with ReLU in results/")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
@@ -67,7 +67,7 @@ def curves(named, out=os.path.join(ROOT, "docs", "training_curves.png")):
             ep = [int(r["epoch"]) for r in rows]
             ax.plot(ep, [100 * float(r["check_pgd10_acc"]) for r in rows], "-", color=f"C{i}", label=f"{act} PGD-10")
             ax.plot(ep, [100 * float(r["check_clean_acc"]) for r in rows], ":", color=f"C{i}", label=f"{act} clean")
-        ax.set(title=f"{name} training ({folder}, seed 0)", xlabel="epoch", ylim=(0, 102))
+        ax.set(title=f"{name} training, seed 0", xlabel="epoch", ylim=(0, 102))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("per-epoch check accuracy % (first 256 test images)")
     axes[0][-1].legend(fontsize=7)
