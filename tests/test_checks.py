@@ -224,7 +224,7 @@ def test_training_step_reference_is_stage_03s(switchable, train_mod):
         _, mine = checks._weights_after(checks.training_step_reference, model, x, y, EPS, mode)
 
         def stage03(m, x, y, opt, eps, step, smooth_grad):
-            return train_mod.adversarial_training_step(m, x, y, opt, eps, step, 1, smooth_grad=smooth_grad)
+            return train_mod.smooth_grad_step(m, x, y, opt, eps, step, 1, smooth_grad=smooth_grad)
         _, theirs = checks._weights_after(stage03, model, x, y, EPS, mode)
         assert torch.equal(mine, theirs), mode
 

@@ -92,12 +92,11 @@ def nbsetup():
 
 def execute(nb, cwd):
     """Run every cell as `make notebooks` does (kernel "python3", working directory `cwd`); raises
-    CellExecutionError on the first failing cell. The kernel inherits this process's environment. It talks over
-    Unix sockets (transport "ipc"), not TCP ports picked free beforehand, which a kernel of the other test worker
-    could take first."""
-    from traitlets.config import Config
+    CellExecutionError on the first failing cell. The kernel inherits this process's environment. (Over TCP: with
+    Unix sockets, transport "ipc", the kernel, started in `cwd`, and this client looked for the sockets' relative
+    paths in different folders, and the kernel never answered.)"""
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
-                            record_timing=False, config=Config({"KernelManager": {"transport": "ipc"}})).execute()
+                            record_timing=False).execute()
 
 
 @pytest.fixture(scope="session")

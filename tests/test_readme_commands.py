@@ -17,8 +17,6 @@ What changes, and why:
                               could be taken by the other test worker first), the multi-node flags dropped
   make -o .venv/.installed-*  the linked .venv counts as installed: make never reinstalls the suite's own venv
   tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
-  tests/smoke/jupyter_nbconvert_config.json  `make notebooks`' kernels talk over Unix sockets, not TCP ports
-                              picked free beforehand (the same race)
 Not run: `make test` (it is this suite), and `python benchmarks/bench_gpu.py --quick`, which
 tests/test_benchmarks.py runs and checks. Editing a command in the README so that it fails fails this test.
 """
