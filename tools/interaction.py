@@ -37,17 +37,11 @@ def main(a_dir, b_dir, names, seed=0):
     family = []
     for name in names:
         seeds = sorted(set(a["relu"]) & set(a[name]) & set(b["relu"]) & set(b[name]))
-        grids = [np.stack([arm[s] for s in seeds]) for arm in (b[name], b["relu"], a[name], a["relu"])]   # (seeds, images)
-        n = grids[0].shape[1]
-        rng, reps = np.random.default_rng(seed), []
-        for chunk in range(0, REPS, 250):
-            k = min(250, REPS - chunk)
-            w = rng.multinomial(n, np.full(n, 1 / n), size=k).T.astype(np.float32) / n   # one image draw for all arms
-            pick = rng.integers(0, len(seeds), (len(seeds), k))                          # one seed draw for all arms
-            acc = [(g @ w)[pick, np.arange(k)].mean(0) for g in grids]
-            reps.append((acc[0] - acc[1]) - (acc[2] - acc[3]))
-        d = float((grids[0].mean() - grids[1].mean()) - (grids[2].mean() - grids[3].mean()))
-        family.append({"name": name, "seeds": len(seeds), "worst": (d, *sat_stats.judge(np.concatenate(reps), ev.MARGIN, ev.verdict))})
+        b_act, b_relu, a_act, a_relu = (np.stack([arm[s] for s in seeds]) for arm in (b[name], b["relu"], a[name], a["relu"]))
+        # (b_act - b_relu) - (a_act - a_relu) = (b_act + a_relu) - (b_relu + a_act), per seed and image: 04's paired
+        # bootstrap on those two sums draws the seeds and images once for all four arms
+        d, reps = ev.bootstrap_diff(b_act + a_relu, b_relu + a_act, reps=REPS, seed=seed, paired=True, replicates=True)
+        family.append({"name": name, "seeds": len(seeds), "worst": (d, *sat_stats.judge(reps, ev.MARGIN, ev.verdict))})
     sat_stats.with_holm(family, ["worst"])
     print(f"(act - relu) in {b_dir} minus (act - relu) in {a_dir}, worst case, points [95% CI], Holm over {len(family)}")
     for f in family:
