@@ -109,7 +109,7 @@ def alive(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
             return "\\tZ" not in next(line for line in f if line.startswith("State:"))   # a zombie is dead
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # gone before the open, or between the open and the read
         return False
 
 
