@@ -231,7 +231,7 @@ def draw_examples(model, x, y, x_adv, path, n=5):
 
 def main(argv=None):
     parser = sat_cli.ArgumentParser(description="PGD attack on the standard digits model")
-    parser.add_argument("--eps", type=float, default=EPS_PX["digits"], help="L-inf radius, pixel units (64 = 64/255)")
+    parser.add_argument("--eps", type=sat_cli.pixels("--eps"), default=EPS_PX["digits"], help="L-inf radius, pixel units (64 and 64/255 mean 64/255)")
     parser.add_argument("--steps", type=int, nargs="+", default=STEPS, help="PGD step counts to try")
     parser.add_argument("--out", default=OUT_DIR, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")

@@ -26,7 +26,8 @@ Run it (`--help` lists every setting with its unit, range and default):
 A sweep trains `--jobs N` runs at once (default: one per core), with the same weights as `--jobs 1`. After a
 crash, the same command with `--resume` ends with an uninterrupted run's weights (`--checkpoint-every N` also
 checkpoints inside an epoch). The harness behind that: sat_training_run.py (resume, torchrun), sat_sweep.py (sweeps).
-Writes, per run, in runs/03_adv_train/<dataset>_[<model>_]<act>[_sg-<mode>]_s<seed>/:
+Writes, per run, in runs/03_adv_train/<dataset>_[<model>_]<act>[_sg-<mode>][_eps<eps>][_pgd<k>]_s<seed>/ (a setting
+named where it is not the preset's):
     checkpoint.pt   every epoch (and every --checkpoint-every steps): model, optimizer, scheduler, scaler,
                     epoch, config, rng, metrics; final.pt: the same once finished (stage 04 evaluates it);
                     best.pt: with a validation split (--val-size), the epoch of the best validation PGD-10
@@ -79,7 +80,7 @@ class Config:
     smooth_grad: str = setting("none", "relu only: who gets the smooth backward (Table 1)", choices=SMOOTH_GRAD_MODES)
     # attack used to craft training examples (stage 02)
     attack: str = setting("pgd", "the attack crafting the training examples; none = standard training", choices=("pgd", "none"))
-    eps: float = setting(64.0, "L-inf radius", "pixels/255 (64 = 64/255)", range=(0, 255), lo_open=True, hint=" (pixel units: 4 means 4/255)")
+    eps: float = setting(64.0, "L-inf radius", "pixels/255 (64 and 64/255 mean 64/255)", range=(0, 255), lo_open=True, hint=" (pixel units: 4 means 4/255)")
     attack_steps: int = setting(1, "PGD-k during training; the paper: 1", "steps", range=(1, 100_000))
     attack_step: float = setting(0.0, "step size; 0 = stage 02's default_step (= eps for PGD-1)", "pixels/255",
                                  range=(0, 255), hint=" (pixel units: 4 means 4/255; 0 = the default)")
@@ -238,12 +239,17 @@ def validate(cfg: Config) -> Config:
 
 
 def run_name(cfg: Config) -> str:
-    """<dataset>_[<model>_]<act>[_sg-<mode>][_standard]_s<seed>; the model is named when it is not the
-    preset's own, so that resnet50 and resnet101 runs of one activation get folders of their own."""
-    model = f"{cfg.model}_" if cfg.model != PRESETS.get(cfg.dataset, {}).get("model") else ""
+    """<dataset>_[<model>_]<act>[_sg-<mode>][_eps<eps>][_pgd<k>][_standard]_s<seed>. The model, eps and the training
+    attack's steps are named where they are not the preset's, so that a run at another of these (`--eps 8` after
+    `make run`, resnet101 beside resnet50) gets a folder of its own. A run differing in another setting shares the
+    preset's folder, where stage 03 refuses to reuse or resume it (sat_training_run.decide)."""
+    preset = preset_config(cfg.dataset)
+    model = f"{cfg.model}_" if cfg.model != preset.model else ""
     sg = f"_sg-{cfg.smooth_grad}" if cfg.smooth_grad != "none" else ""
+    eps = f"_eps{cfg.eps:g}" if cfg.eps != preset.eps else ""
+    steps = f"_pgd{cfg.attack_steps}" if cfg.attack_steps != preset.attack_steps and cfg.attack != "none" else ""
     std = "_standard" if cfg.attack == "none" else ""
-    return f"{cfg.dataset}_{model}{cfg.act}{sg}{std}_s{cfg.seed}"
+    return f"{cfg.dataset}_{model}{cfg.act}{sg}{eps}{steps}{std}_s{cfg.seed}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,4 +387,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_cli.run_cli(main)
+    sat_cli.run_cli(main, interrupted="the finished runs and each other run's last checkpoint are kept",
+                    resume_flag="--resume")

@@ -315,4 +315,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sat_cli.run_cli(main)
+    sat_cli.run_cli(main, interrupted="the checkpoints and blocks of images evaluated so far are kept in the cache")

@@ -39,10 +39,12 @@ lock: $(VENV)/.installed-run
 	$(LOCK) requirements.txt -o requirements.lock
 	$(LOCK) requirements-test.txt -c requirements.lock -o requirements-test.lock
 
+# make run again after an interruption (Ctrl-C, a closed laptop) continues it: stage 03 resumes each run from its
+# last checkpoint and skips the finished ones (--resume), stage 04 takes what its cache holds; 01 and 02 take seconds
 run: $(VENV)/.installed-run
 	$(PY) 01_activations.py
 	$(PY) 02_pgd.py
-	$(PY) 03_adv_train.py --quiet
+	$(PY) 03_adv_train.py --quiet --resume
 	$(PY) 04_eval.py
 
 test: $(VENV)/.installed-test

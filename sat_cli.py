@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import sys
 import tempfile
 
@@ -17,8 +18,9 @@ class UserError(Exception):
     """A mistake in the user's input: printed as one line `error: ...` and exit code 2, never a traceback."""
 
 
-def run_cli(main, argv=None):
-    """Call main(argv); turn a UserError into one line on stderr and exit code 2."""
+def run_cli(main, argv=None, interrupted="", resume_flag=""):
+    """Call main(argv); turn a UserError into one line on stderr and exit code 2, and Ctrl-C into one line
+    (`interrupted`: what was kept) with the command that continues, `resume_flag` added to this one, exit code 130."""
     try:
         return main(argv)
     except UserError as e:
@@ -27,6 +29,50 @@ def run_cli(main, argv=None):
             msg = msg.splitlines()[-1].split("UserError: ", 1)[-1]
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+    if os.environ.get("RANK", "0") == "0":   # under torchrun each process gets Ctrl-C: one line, from rank 0
+        print(f"interrupted: {interrupted or 'nothing was saved'}; continue with: {again(resume_flag, argv)}",
+              file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def again(flag="", argv=None) -> str:
+    """The command line that ran this stage, with `flag` added if it is not there and --force left out
+    (`python 03_adv_train.py --resume`): under torchrun, the same torchrun command; under make, `make` too (make sets
+    MAKELEVEL for the commands it runs). `python` is this interpreter's path unless `python` finds it."""
+    import shutil
+    args = list(sys.argv[1:] if argv is None else argv)
+    if flag:
+        args = [a for a in args if a != "--force"] + ([flag] if flag not in args else [])
+    stage = shlex.join([sys.argv[0]] + args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"the same torchrun command, ending in {stage}"
+    python = "python" if shutil.which("python") == sys.executable else shlex.quote(os.path.relpath(sys.executable))
+    return f"{python} {stage}" + (" (or the make command again)" if os.environ.get("MAKELEVEL") else "")
+
+
+def pixels(flag: str, eps: bool = True):
+    """The argparse type of a radius (eps=True) or a step in pixel units, the stages' unit (8 means 8/255): '8' and
+    '8/255' give 8.0. A radius in (0, 1) without '/255' is refused with the unit hint: every preset's eps is at
+    least 1 (4/255 for ImageNet), so 0.031 is 8/255 written in [0, 1] units, the usual mistake; '0.5/255' says a
+    small radius is meant. A step below 1 is a real one (ImageNet's PGD-20: 0.5) and passes."""
+    def parse(text: str) -> float:
+        number, slash, den = text.strip().partition("/")
+        try:
+            value, den_value = float(number), float(den) if slash else 255.0
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; {flag} is in pixel units (8 or 8/255 means 8/255)")
+        if den_value != 255:
+            raise argparse.ArgumentTypeError(f"{text!r}: {flag} is in 1/255 units; write {value:g}/255, or the number alone")
+        if eps and not slash and 0 < value < 1:
+            near = round(value * 255)
+            guess = near if abs(value * 255 - near) < 0.15 else round(value * 255, 1)
+            raise argparse.ArgumentTypeError(f"eps is in 1/255 units: did you mean {guess:g}? "
+                                             f"({text} would be {text}/255; write {text}/255 if that is meant)")
+        return value
+    parse.__name__ = "pixels"
+    return parse
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -119,6 +165,8 @@ def add_settings(parser, cls, presets: dict = None, skip=(), many=(), defaults: 
         elif isinstance(default, list) or f.name in many:
             element = type(default[0]) if isinstance(default, list) and default else type(default)
             kw.update(type=element, nargs="*" if isinstance(default, list) else "+")
+        elif m["unit"].startswith("pixels/255"):   # a radius or a step: 8 and 8/255 mean 8/255, 0.031 is refused
+            kw["type"] = pixels(flag_of(f.name), eps=f.name == "eps")
         else:
             kw["type"] = type(default)
         parser.add_argument(flag_of(f.name), **kw)

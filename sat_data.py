@@ -65,6 +65,20 @@ FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyt
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"   # torchvision's source for CIFAR10(download=True)
+
+
+def offline(e: BaseException) -> bool:
+    """Whether a --download failed for want of a network (no name resolution, no route, a refused or timed-out
+    connection: urllib's URLError, whose text torchvision's FashionMNIST puts in a RuntimeError), not because a
+    server answered with an error (HTTPError, a URLError too) or a file was bad."""
+    import socket
+    import urllib.error
+    if isinstance(e, urllib.error.HTTPError):
+        return False
+    return isinstance(e, (urllib.error.URLError, socket.timeout, ConnectionError)) or "<urlopen error" in str(e)
+
+
 def fashion_mnist_folder(data_dir: str, download: bool = False) -> str:
     """The folder holding the four .gz files: data_dir itself (e.g. /usr/share/datasets/fashion-mnist, read
     only) or data_dir/FashionMNIST/raw (torchvision's layout). With download=True and neither complete,
@@ -79,7 +93,8 @@ def fashion_mnist_folder(data_dir: str, download: bool = False) -> str:
         try:
             torchvision.datasets.FashionMNIST(data_dir, train=True, download=True)
         except (RuntimeError, OSError) as e:   # no network, a mirror down, a bad md5
-            raise UserError(f"Fashion-MNIST download into {candidates[1]!r} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+            what = "could not reach the network" if offline(e) else f"into {candidates[1]!r} failed"
+            raise UserError(f"Fashion-MNIST --download {what} ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
                             f"offline, point --data at a folder holding its four .gz files (`apt-get update && apt-get install dataset-fashion-mnist`: /usr/share/datasets/fashion-mnist)")
         return candidates[1]
     raise UserError(f"no Fashion-MNIST in {data_dir!r} (nor in its FashionMNIST/raw/): it needs {', '.join(names)}; "
@@ -139,7 +154,11 @@ def get_dataset(name: str, split: str, data_dir: str = "data", image_size: int =
         try:
             return torchvision.datasets.CIFAR10(data_dir, train=split == "train", transform=tf, download=download)
         except (RuntimeError, OSError, EOFError, KeyError, ValueError) as e:
-            raise UserError(f"CIFAR-10 at {folder!r} is missing files or corrupt ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            why = f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if download and offline(e):
+                raise UserError(f"CIFAR-10 --download could not reach the network ({why}); on a machine with internet fetch "
+                                f"{CIFAR10_URL}, unpack it into {data_dir!r} (cifar-10-batches-py/) and leave --download out")
+            raise UserError(f"CIFAR-10 at {folder!r} is missing files or corrupt ({why})")
 
     # imagenet
     sub = os.path.join(data_dir, "train" if split == "train" else "val")

@@ -12,10 +12,13 @@ What 04's main() calls around its attacks, the counterpart of sat_training_run f
   the command    `check_args` (one error line per bad value, SAT_SMOKE's cuts), `evaluate_all` (--jobs processes or
                  torchrun's, one printed row per checkpoint)
 """
+import contextlib
 import importlib
 import math
 import os
+import sys
 import time
+import warnings
 
 import torch
 
@@ -113,8 +116,9 @@ def evaluate_checkpoint(stage, path, args, device, position=0):
     smooth = stage.smooth_backward_copy(model) if adaptive else None
     run = sat_shards.Blocks(len(images), args.block, cache[:-len(".json")] + f".parts-{sat_shards.key_hash(key)}",
                             desc=os.path.basename(os.path.dirname(path)), position=position)
-    for b, first, x, y in run.todo(images, sat_report.loader_workers(images)):
-        run.save(b, stage.block_masks(model, x.to(device), y.to(device), first, b, eps, cfg["num_classes"], s, smooth))
+    with autoattack_warnings(os.path.basename(os.path.dirname(path))):
+        for b, first, x, y in run.todo(images, sat_report.loader_workers(images)):
+            run.save(b, stage.block_masks(model, x.to(device), y.to(device), first, b, eps, cfg["num_classes"], s, smooth))
     masks = run.gather()   # every image's masks on rank 0
     if masks is None:
         return None, False
@@ -126,6 +130,25 @@ def evaluate_checkpoint(stage, path, args, device, position=0):
     sat_files.write_json(cache, {"key": key, "result": res})
     run.remove_parts()
     return res, False
+
+
+@contextlib.contextmanager
+def autoattack_warnings(name):
+    """pyautoattack's automatic checks warn once per batch (18 times on notebook 4's masked model), each pointing to a
+    flags_doc.md that is not installed: here they become one line per checkpoint with the address of that page.
+    Other warnings pass as they are."""
+    with warnings.catch_warnings(record=True) as caught:   # recorded: what the filters let through, as usual...
+        warnings.filterwarnings("always", message=".*flags_doc.md")   # ...and every one of pyautoattack's, counted
+        yield
+    ours = [w for w in caught if "flags_doc.md" in str(w.message)]
+    for w in caught:
+        if w not in ours:   # shown as they would have been (the filters have already been applied)
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if ours:
+        first = str(ours[0].message).split(" See flags_doc.md")[0]
+        print(f"{name}: pyautoattack's checks warned {len(ours)} times (first: {first}); the flags column says whether "
+              f"an attack failed; the checks: https://github.com/fra31/auto-attack/blob/master/flags_doc.md",
+              file=sys.stderr, flush=True)
 
 
 def evaluate_job(job):
@@ -204,7 +227,7 @@ def parse_args(stage, argv=None):
     p.add_argument("--subset", default="all", choices=["all", "robustbench"],
                    help="all test images, or for ImageNet checkpoints RobustBench's 5,000 validation images "
                    "(resources/README.md; the other checkpoints keep their whole test split)")
-    p.add_argument("--eps", type=float, default=None, help="evaluate at this eps, pixel units (default: each checkpoint's own)")
+    p.add_argument("--eps", type=sat_cli.pixels("--eps"), default=None, help="evaluate at this eps, pixel units, 8 or 8/255 (default: each checkpoint's own)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N test images only (0 = all)")
     p.add_argument("--block", type=int, default=stage.BLOCK, help="images per block: the attack batch and the unit of the "
                    f"attacks' randomness (a change re-draws APGD's and Square's; larger blocks use a GPU better; default: {stage.BLOCK})")

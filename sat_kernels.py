@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 # Why hand-written forward and backward passes (torch.autograd.Function) on the CPU: there PyTorch's log1p,
 # expm1, F.softplus and F.elu run ~10x slower per element than exp, log and sigmoid, which are
-# vectorised (measured: 36-40 ms against 2-6 ms on 4M floats, one thread), and a formula composed of several
+# vectorised (measured when this was written: 36-40 ms against 2-6 ms on 4M floats, one thread; NOT confirmed with
+# torch 2.14.1 on 2026-12-06, where notebook 5's exercise 4 timed F.softplus at 48.2 ms against 48.0 for
+# _Softplus below, and a second, loaded, run at 9.9 against 30.5 ms: to be measured again with
+# benchmarks/bench_activations.py before the choice is kept), and a formula composed of several
 # ops makes autograd keep every intermediate for a long backward pass. Each function below is a few
 # vectorised passes forward, keeps only its input, and computes its closed-form derivative in one or two
 # passes backward: benchmarks/bench_activations.py measures what that buys in a training step. log(1 + u)

@@ -38,30 +38,78 @@ def in_processes(fn, items, jobs: int):
     one thread too, so that --jobs 1 and --jobs N agree to the last bit."""
     import concurrent.futures
     import multiprocessing
+    import signal
+    import threading
     if jobs == 1:
         torch.set_num_threads(1)
         yield from ((i, fn(item)) for i, item in enumerate(items))
         return
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_start) as pool:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()   # set on Ctrl-C: a worker starts no job after it
+    # the workers are started (by submit) with Ctrl-C ignored, so that one pressed while they import torch prints
+    # no traceback; _worker_start gives them their handler (a Ctrl-C in this short window is lost)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_start, initargs=(stop,))
+        futures = {pool.submit(_job, fn, item): i for i, item in enumerate(items)}
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    with pool:
         try:
             for fut in concurrent.futures.as_completed(futures):
                 yield futures[fut], fut.result()
-        except BaseException:
+        except BaseException as e:
             for fut in futures:
                 fut.cancel()
+            if isinstance(e, KeyboardInterrupt):   # Ctrl-C: every worker stops its job (a terminal signals them all
+                stop.set()                         # too; `kill -INT` or a launcher may signal this process alone)
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    try:
+                        os.kill(process.pid, signal.SIGINT)
+                    except (ProcessLookupError, TypeError):
+                        pass
             raise
 
 
-def _worker_start():
-    """A --jobs worker's set-up: one torch thread, and (Linux) death with its parent. Without the second, a parent
-    killed by a signal it cannot catch (kill -9, or kill of the parent alone) left its workers running their job
-    and the jobs already queued to them, writing into run folders that a restarted command then also trained."""
+# Ctrl-C in a --jobs worker stops the job it is in (a KeyboardInterrupt there, as in the parent; checkpoint writes
+# are atomic, so none is torn), and the worker starts none of those already queued to it. Only the first Ctrl-C
+# raises: a second one during the first's clean-up would interrupt it.
+_interrupted, _in_job, _stop = False, False, None
+
+
+def _on_ctrl_c(signum, frame):
+    global _interrupted
+    first = not _interrupted
+    _interrupted = True
+    if first and _in_job:   # between jobs the worker waits in concurrent.futures' loop, where it would print a traceback
+        raise KeyboardInterrupt
+
+
+def _job(fn, item):
+    global _in_job
+    _in_job = True   # first: a Ctrl-C from here on raises, one before it is seen by the check below
+    try:
+        if _interrupted or (_stop is not None and _stop.is_set()):
+            raise KeyboardInterrupt
+        return fn(item)
+    finally:
+        _in_job = False
+
+
+def _worker_start(stop=None):
+    """A --jobs worker's set-up: one torch thread, Ctrl-C stopping its job (`_on_ctrl_c`; `stop`: the parent's
+    Event), and (Linux) death with its parent. Without the last, a parent killed by a signal it cannot catch
+    (kill -9, or kill of the parent alone) left its workers running their job and the jobs already queued to
+    them, writing into run folders that a restarted command then also trained."""
+    global _stop
+    import signal
+    _stop = stop
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):

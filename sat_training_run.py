@@ -24,7 +24,7 @@ import sat_smoke
 
 COLUMNS = ["epoch", "lr", "loss", "train_adv_acc", "check_clean_acc", "check_pgd10_acc", "seconds"]   # log.csv
 
-# the settings that change what a run learns: a finished run is reused only if all of them match
+# the settings that change what a run learns: a finished run is reused, an unfinished one resumed, only if all match
 TRAINING_KEYS = ("dataset", "model", "width", "image_size", "act", "smooth_grad", "attack", "eps", "attack_steps",
                  "attack_step", "rand_start_prob", "epochs", "steps_per_epoch", "batch_size", "lr_per_256", "momentum", "weight_decay",
                  "warmup_epochs", "milestones", "label_smoothing", "seed", "val_size")
@@ -134,15 +134,20 @@ def place(cfg):
     return rank, world, device
 
 
+def other_settings(cfg, saved: dict, path, what, force_does):
+    """One UserError line if the checkpoint config `saved` differs from `cfg` in a training setting (TRAINING_KEYS)."""
+    diff = [f"{k} {saved.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
+            if saved.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
+    if diff:
+        raise sat_cli.UserError(f"{path!r} {what} with other settings ({', '.join(diff)}); --force {force_does}, "
+                                f"or choose another --out")
+
+
 def decide(cfg, run, resume, force):
     """(cfg, checkpoint.pt's state or None, finished): a fresh start, a resume or a skip, decided BEFORE anything is
-    written. A finished run is reused only with the same training settings; a resumed run keeps its own settings."""
+    written. A finished run is reused, and a checkpoint resumed, only with the same training settings."""
     if os.path.isfile(run.final_path) and not force:
-        done = sat_files.load_checkpoint(run.final_path)["config"]
-        diff = [f"{k} {done.get(k, OLD_DEFAULTS.get(k))!r} -> {getattr(cfg, k)!r}" for k in TRAINING_KEYS
-                if done.get(k, OLD_DEFAULTS.get(k)) != getattr(cfg, k)]
-        if diff:
-            raise sat_cli.UserError(f"{run.final_path!r} was trained with other settings ({', '.join(diff)}); --force retrains it, or choose another --out")
+        other_settings(cfg, sat_files.load_checkpoint(run.final_path)["config"], run.final_path, "was trained", "retrains")
         run.say(f"{run.name}: finished already ({run.final_path}); --force retrains it")
         return cfg, None, True
     state = None
@@ -150,7 +155,10 @@ def decide(cfg, run, resume, force):
         state = sat_files.load_checkpoint(run.ckpt_path)   # corrupt / foreign: one line, exit 2, the file kept
         if state.get("kind") != "train":
             raise sat_cli.UserError(f"{run.ckpt_path!r} is not a training checkpoint of stage 03")
-        cfg = type(cfg)(**state["config"])                  # a resumed run keeps its own settings
+        # resumed only with the settings it was started with (`make run` passes --resume: another run's half-trained
+        # checkpoint in a preset's folder must not become make run's run)
+        other_settings(cfg, state["config"], run.ckpt_path, "holds a run started", "starts it over")
+        cfg = type(cfg)(**state["config"])                  # its own settings (those TRAINING_KEYS leave out too)
     elif resume:
         run.say(f"{run.name}: no checkpoint at {run.ckpt_path} yet, starting from scratch")
     elif os.path.isfile(run.ckpt_path) and not force:

@@ -27,7 +27,7 @@ def main(argv=None):
     p = sat_cli.ArgumentParser(description="eps study: ReLU and SiLU trained at several eps, PGD-50 robust accuracy")
     p.add_argument("--dataset", default="digits", help="digits | fashionmnist (any preset of stage 03)")
     p.add_argument("--data", default="data", help="data folder (fashionmnist: the one holding its 4 .gz files)")
-    p.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32, 48, 64], help="pixel units (8 = 8/255)")
+    p.add_argument("--eps", type=sat_cli.pixels("--eps"), nargs="+", default=[8, 16, 32, 48, 64], help="pixel units (8 and 8/255 mean 8/255)")
     p.add_argument("--act", nargs="+", default=["relu", "silu"])
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (milestones: the last epoch)")
     p.add_argument("--limit", type=int, default=0, help="first N test images only (0 = all)")

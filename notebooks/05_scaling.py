@@ -324,14 +324,24 @@ def fwd_bwd_ms(f, n=nb.size(10, 3)):
         t = time.perf_counter(); f(x_).sum().backward(); times.append(time.perf_counter() - t)
     return 1e3 * sorted(times[1:])[len(times[1:]) // 2]   # median, first call dropped
 psp = acts.FastParametricSoftplus(10.0)   # what stage 01 builds (make_activation): sat_kernels.py's kernels
-for label, f in [("ReLU", F.relu), ("stage 01 CPU form", psp), ("F.softplus(x, beta=10)", lambda x: F.softplus(x, beta=10))]:
-    print(f"{label:<24} {fwd_bwd_ms(f):6.1f} ms")
+ms = {label: fwd_bwd_ms(f) for label, f in [("ReLU", F.relu), ("stage 01 CPU form", psp),
+                                             ("F.softplus(x, beta=10)", lambda x: F.softplus(x, beta=10))]}
+for label, t in ms.items():
+    print(f"{label:<24} {t:6.1f} ms  ({t / ms['ReLU']:.1f}x ReLU)")
+ratio = ms["F.softplus(x, beta=10)"] / ms["stage 01 CPU form"]
+print(f"F.softplus takes {ratio:.2f}x the time of stage 01's CPU form here: "
+      + ("stage 01's form is faster" if ratio > 1.1 else "F.softplus is faster" if ratio < 0.9 else "no real difference"))
 
 # %% [markdown] tags=["solution"]
-# On this CPU PyTorch's `softplus` kernel computes `log1p(exp(x))` one element at a time (its `log1p` is not
-# vectorised), so stage 01 composes the same value from `exp` and `log`, which are vectorised, in a few passes;
-# it is still several times ReLU's one comparison. On a GPU the one fused `F.softplus` kernel wins, and stage 01
-# uses it there.
+# The answer depends on the CPU and on the PyTorch build, so read it off the line above rather than from this
+# text. Stage 01's CPU form (sat_kernels.py) composes softplus from `exp` and `log`, which PyTorch vectorises, in
+# a few passes, and computes its derivative in closed form; it was written where PyTorch's `log1p`-based
+# `softplus` ran about ten times slower per element (sat_kernels.py's comment has that measurement); on other
+# builds the two come out about equal (a run of this notebook on 2026-12-06 measured 48.0 against 48.2 ms).
+# A second reason stage 01 keeps its own form: `F.softplus(x, beta)` returns x itself above beta·x > 20 (its
+# `threshold`), while stage 01's form has no switch. On a GPU the one fused `F.softplus` kernel wins clearly,
+# and stage 01 uses it there. `benchmarks/bench_activations.py` measures what either choice costs in a whole
+# training step.
 
 # %% tags=["solution"]
 nb.stamp()   # the answer key's stamp: the code these outputs came from (tests/test_notebooks.py checks it)

@@ -25,13 +25,18 @@ CASES = [   # (stage, arguments, a piece of the expected message)
     (2, ["--eps", "300"], "--eps must be a finite number in (0, 255]"),
     (2, ["--eps", "inf"], "got inf"),
     (2, ["--eps", "-4"], "got -4.0"),
-    (2, ["--eps", "abc"], "argument --eps: invalid float value: 'abc'"),
+    (2, ["--eps", "abc"], "argument --eps: 'abc' is not a number; --eps is in pixel units (8 or 8/255 means 8/255)"),
+    (2, ["--eps", "0.031"], "argument --eps: eps is in 1/255 units: did you mean 8? (0.031 would be 0.031/255; write"),
     (2, ["--steps", "10", "0"], "--steps must be a finite number in [1, 100000], got 0"),
     (2, ["--seed", "-1"], "--seed must be a finite number in [0, 4294967295], got -1"),
     (2, ["--out", FILE + "/sub"], "cannot be used as an output folder (Not a directory)"),
     (2, ["--device", "tpu"], "unknown --device 'tpu'; accepted: auto, cpu, cuda, cuda:N"),
     (2, ["--bogus"], "unrecognized arguments: --bogus"),
     (3, ["--eps", "inf"], "--eps must be a finite number in (0, 255]"),
+    (3, ["--eps", "0.031"], "argument --eps: eps is in 1/255 units: did you mean 8?"),   # 8/255 in [0, 1] units
+    (3, ["--eps", "0.1"], "did you mean 25.5?"),                                         # Fashion-MNIST's usual 0.1
+    (3, ["--eps", "8/256"], "argument --eps: '8/256': --eps is in 1/255 units; write 8/255, or the number alone"),
+    (3, ["--attack-step", "16/256"], "argument --attack-step: '16/256': --attack-step is in 1/255 units; write 16/255"),
     (3, ["--eps", "0"], "--eps must be a finite number in (0, 255]"),
     (3, ["--width", "0"], "--width must be a finite number in [1, 4096], got 0"),
     (3, ["--lr-per-256", "nan"], "--lr-per-256 must be a finite number in (0, inf), got nan"),
@@ -72,10 +77,23 @@ CASES = [   # (stage, arguments, a piece of the expected message)
     (4, ["--apgd-steps", "0"], "--apgd-steps must be a finite number in [1, 100000], got 0"),
     (4, ["--square-queries", "0"], "--square-queries must be a finite number in [1, 1000000], got 0"),
     (4, ["--eps", "nan"], "--eps must be a finite number in (0, 255]"),
+    (4, ["--eps", "0.031"], "argument --eps: eps is in 1/255 units: did you mean 8?"),
     (4, ["--eps", "256"], "got 256.0"),
     (4, ["--runs", FILE], "--runs '@file' is a file"),
     (4, ["--out", FILE], "cannot be used as an output folder (File exists)"),
 ]
+
+
+def test_eps_written_with_255_is_accepted():
+    """8/255 as most codebases write it is 8 in the stages' pixel units; a radius below 1/255 is written 0.5/255;
+    a step below 1 is a real one (ImageNet's PGD-20 at 4/255 steps 0.5/255) and needs no /255."""
+    import sat_eval_run
+    train = stage(3)
+    assert train.parse_args(["--eps", "8/255"]).eps == 8.0 and train.parse_args(["--eps", "0.5/255"]).eps == 0.5
+    assert train.parse_args(["--eps", " 8/255.0 "]).eps == 8.0
+    assert train.parse_args(["--eps", "4", "--attack-step", "0.5"]).attack_step == 0.5
+    assert train.parse_args(["--eps", "8", "--attack-step", "2/255"]).attack_step == 2.0
+    assert sat_eval_run.parse_args(stage(4), ["--eps", "8/255"]).eps == 8.0
 
 
 def run_cli(main, argv, capsys):

@@ -2,7 +2,8 @@
 in the middle of an epoch, while writing a checkpoint), then started again with the same command
 (`--resume`), ends with exactly the weights of an uninterrupted run; so does a run that augments its images and
 loads them in worker processes (CIFAR-10, `--workers 2`), which also ends with the weights of `--workers 0`; so
-does a two-process torchrun job with `--max-restarts 1` one of whose workers is killed from outside."""
+does a two-process torchrun job with `--max-restarts 1` one of whose workers is killed from outside. Ctrl-C is one
+line with the command that continues (exit code 130), and `make run`'s arguments continue."""
 import os
 import signal
 import subprocess
@@ -98,6 +99,78 @@ def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted
         assert "starting from scratch" in r.stdout
     assert not [f for f in os.listdir(run_dir) if f.startswith(sat_files.TMP_PREFIX)]
     assert_same_weights(final_weights(out), uninterrupted)
+
+
+def test_ctrl_c_is_one_line_with_the_command_that_continues(uninterrupted, tmp_path):
+    """Ctrl-C in a --jobs 2 sweep of three runs (SIGINT to the whole process group, as a terminal sends it): exit
+    code 130, one line naming the command with --resume added, no worker left running, and the third run, queued
+    when Ctrl-C came, not started; `make run`'s stage-03 arguments (from the Makefile) then finish the sweep, with
+    the uninterrupted run's weights."""
+    out = str(tmp_path)
+    args = ["--act", "relu", "silu", "gelu"] + [a for a in ARGS[2:] if a != "--resume"] + ["--jobs", "2", "--out", out]
+    env = {k: v for k, v in ENV.items() if k != "MAKELEVEL"}   # as typed in a shell, not under `make test`
+    p = subprocess.Popen([sys.executable, "03_adv_train.py"] + args, cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(out, "digits_relu_s0", "checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and err.startswith("interrupted: the finished runs and"), err[-2000:]
+    assert err.strip().endswith(" 03_adv_train.py " + " ".join(args) + " --resume"), err
+    for _ in range(100):                            # the workers are gone: nothing trains on behind the user's back
+        try:
+            os.killpg(p.pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    else:
+        pytest.fail("a --jobs worker survived Ctrl-C")
+    assert not os.path.exists(os.path.join(out, "digits_gelu_s0", "checkpoint.pt")), "a queued run started after Ctrl-C"
+    assert not os.path.exists(os.path.join(out, "digits_relu_s0", "final.pt"))
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        make_args = [line.split("03_adv_train.py", 1)[1].split() for line in f if "$(PY) 03_adv_train.py" in line][0]
+    r = subprocess.run([sys.executable, "03_adv_train.py"] + make_args + args, cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_weights(final_weights(out), uninterrupted)
+
+
+def test_ctrl_c_to_the_parent_alone_stops_the_workers_jobs():
+    """`kill -INT` of the parent only (a launcher may signal one process): the --jobs workers stop their jobs (two
+    minutes each here) and start no queued one; the command ends in seconds with the one line, exit code 130."""
+    script = ("import sys, time, sat_cli, sat_processes\n"
+              "sat_cli.run_cli(lambda argv: list(sat_processes.in_processes(time.sleep, [120] * 3, 2)), [])")
+    p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(6)
+    t = time.time()
+    os.kill(p.pid, signal.SIGINT)
+    try:
+        _, err = p.communicate(timeout=60)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL) if p.poll() is None else None
+    assert p.returncode == 130 and time.time() - t < 30, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 and err.startswith("interrupted: nothing was saved; continue with: "), err
+
+
+def test_ctrl_c_names_the_interpreter_and_make(monkeypatch, capsys):
+    """The line's command starts with `python` where `python` is this interpreter, else with its path; --force is
+    left out of a --resume command (it would start the runs over); under make, `make` is named too."""
+    import sat_cli
+
+    def main(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sys, "argv", ["03_adv_train.py", "--runs", "my runs", "--force"])
+    monkeypatch.setenv("MAKELEVEL", "1")
+    for path, python in ((os.path.dirname(sys.executable), "python"), ("/nonexistent", os.path.relpath(sys.executable))):
+        monkeypatch.setenv("PATH", path)
+        with pytest.raises(SystemExit) as e:
+            sat_cli.run_cli(main, interrupted="the runs are kept", resume_flag="--resume")
+        assert e.value.code == 130
+        assert capsys.readouterr().err == (f"interrupted: the runs are kept; continue with: {python} 03_adv_train.py "
+                                           "--runs 'my runs' --resume (or the make command again)\n")
 
 
 def children(pid):

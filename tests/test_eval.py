@@ -147,3 +147,23 @@ def test_normalised_inputs_are_refused_at_the_entry(trained_digits, test_set):
     x, y = test_set
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         ev.evaluate_model(model, (x[:8] - 0.3) / 0.4, y[:8], 64 / 255, 10, **FAST)
+
+
+def test_pyautoattack_warnings_are_one_line_per_checkpoint(capsys):
+    """pyautoattack's own check, as APGD-T calls it on a masked model, warns once per batch and points to a
+    flags_doc.md nobody has: stage 04 prints one line with the count and the page's address; other warnings pass."""
+    import warnings
+
+    import sat_eval_run
+    from pyautoattack import checks
+    with pytest.warns(UserWarning, match="not pyautoattack's") as passed_on, warnings.catch_warnings():
+        warnings.simplefilter("default")   # the interpreter's own filter: each warning once per place
+        with sat_eval_run.autoattack_warnings("digits_relu_s0"):
+            for _ in range(3):
+                checks.check_zero_gradients(torch.zeros(2, 5))
+                warnings.warn("not pyautoattack's")
+    assert [str(w.message) for w in passed_on] == ["not pyautoattack's"]   # passed on once, as without the wrapper
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("digits_relu_s0: pyautoattack's checks warned 3 times (first: there are 2 "
+                                                   "points with zero gradient!"), err
+    assert "https://github.com/fra31/auto-attack/blob/master/flags_doc.md" in err

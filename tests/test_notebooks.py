@@ -21,9 +21,10 @@ steps). Here the student editions run, each from where it is stored (as a studen
 executed in memory by nbclient and never written back; what they train goes to a temporary SAT_RUNS_DIR shared by
 all of them (so notebooks 2-4 reuse the ReLU model notebook 1 trained), never into the repo's runs/. The stage
 outputs they would reuse are looked for in an empty folder (SAT_STAGE_RUNS), so this runs the "nothing there
-yet" path whatever runs/ holds. The full editions, which add the solution cells, run in quick mode in
-tests/test_readme_commands.py, where the README's `make notebooks` executes them after `make run` (the path with
-stage outputs): every cell runs in one of the two.
+yet" path whatever runs/ holds. The full editions, which add the solution cells, are not executed again here: their
+stamp, which test_full_edition_ran_on_this_code recomputes, was printed by `make notebooks` after `make run` (the
+path with stage outputs) at the end of a run of every cell before it on this very code, so every cell has run on
+it in one of the two.
 """
 import glob
 import json

@@ -11,14 +11,17 @@ What changes, and why:
   SAT_SMOKE=1                 every run is 1 epoch of 2 tiny steps, a sweep at most 3 runs per model and seed
                               (2 seeds, 1 model), every evaluation a few images and attack steps
                               (sat_smoke.smoke_settings); the commands, flags and code paths are the real ones
-  SAT_NOTEBOOK_QUICK=1        the notebooks' own quick mode (notebooks/nbsetup.py), for `make notebooks`
+  SAT_NOTEBOOK_QUICK=1        the notebooks' own quick mode (notebooks/nbsetup.py), where a command runs one
   --nproc_per_node 8 -> 2     two processes (gloo on the CPU), on one node: every torchrun runs with --standalone
                               (its rendezvous on a port the OS gives it as it binds; a port picked free beforehand
                               could be taken by the other test worker first), the multi-node flags dropped
   make -o .venv/.installed-*  the linked .venv counts as installed: make never reinstalls the suite's own venv
   tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
-Not run: `make test` (it is this suite), and `python benchmarks/bench_gpu.py --quick`, which
-tests/test_benchmarks.py runs and checks. Editing a command in the README so that it fails fails this test.
+Not run: `make test` (it is this suite); `python benchmarks/bench_gpu.py --quick`, which tests/test_benchmarks.py
+runs and checks; `make notebooks`, whose full run on today's code the answer-key stamps witness
+(tests/test_notebooks.py: a stamp that matches this code was printed by a kernel that had run every cell before it,
+solutions included, after `make run`), while the student editions run there in quick mode. Editing a command in
+the README so that it fails fails this test.
 """
 import os
 import re
@@ -41,7 +44,8 @@ STAGES = ["01_activations.py", "02_pgd.py", "03_adv_train.py", "04_eval.py"]
 # module-scoped fixture would be made anew whenever the worker runs a test of another file between two commands).
 PAGES = (("README.md",), ("docs/SCALING.md",), ("RESULTS.md", "docs/SNIPPETS.md"))
 NOT_RUN = {"make test": "this test suite itself",
-           "python benchmarks/bench_gpu.py --quick": "tests/test_benchmarks.py runs it (in-process) and checks its figures"}
+           "python benchmarks/bench_gpu.py --quick": "tests/test_benchmarks.py runs it (in-process) and checks its figures",
+           "make notebooks": "tests/test_notebooks.py checks the stamps its full run printed on this code"}
 PREFIXES = ("python ", "make ", "torchrun ")
 
 

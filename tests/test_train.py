@@ -184,6 +184,11 @@ def test_unfinished_run_is_not_overwritten_without_resume(train_mod, capsys, tmp
     code, err = run_cli(train_mod, capsys, ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--out", str(tmp_path)])
     assert code == 2 and "--resume" in err
     assert (tmp_path / "digits_relu_s0" / "checkpoint.pt").read_bytes() == before
+    # --resume (make run passes it) continues it only with the settings it was started with
+    code, err = run_cli(train_mod, capsys, ["--act", "relu", "--smooth-grad", "none", "--epochs", "2", "--milestones", "--lr-per-256", "0.05",
+                                            "--resume", "--out", str(tmp_path)])
+    assert code == 2 and len(err.splitlines()) == 1 and "holds a run started with other settings (lr_per_256 0.2 -> 0.05);" in err
+    assert (tmp_path / "digits_relu_s0" / "checkpoint.pt").read_bytes() == before
 
 
 def test_divergence_stops_with_a_clear_message(train_mod, tmp_path):
@@ -226,6 +231,20 @@ def test_several_models_each_at_its_usual_resolution_in_its_own_folder(train_mod
     sized = sat_sweep.configs_from_args(train_mod, train_mod.parse_args(["--dataset", "imagenet", "--model", "efficientnet_b3",
                                                               "--act", "silu", "--image-size", "64"]))
     assert sized[0].image_size == 64 and os.path.basename(sized[0].out) == "imagenet_efficientnet_b3_silu_s0"
+
+
+def test_a_run_of_other_settings_gets_its_own_folder(train_mod):
+    """eps and the training attack's steps are named where they differ from the preset, so `--eps 8` after `make run`
+    neither is refused as existing nor, with --force, replaces make run's runs (the preset's names stay as they were)."""
+    def names(*argv):
+        return [os.path.basename(c.out) for c in sat_sweep.configs_from_args(train_mod, train_mod.parse_args(list(argv)))]
+    assert names("--act", "relu", "--smooth-grad", "none", "attacker") == ["digits_relu_s0", "digits_relu_sg-attacker_s0"]
+    assert names("--act", "relu", "--smooth-grad", "none", "--eps", "8/255") == ["digits_relu_eps8_s0"]
+    assert names("--act", "silu", "--eps", "32", "--attack-steps", "10", "--seed", "3") == ["digits_silu_eps32_pgd10_s3"]
+    assert names("--act", "silu", "--eps", "64") == ["digits_silu_s0"]                   # the preset's eps, written out
+    assert names("--dataset", "fashionmnist", "--act", "silu", "--attack-steps", "1", "--eps", "25.5") == [
+        "fashionmnist_silu_pgd1_s0"]                                                     # the preset there is PGD-2
+    assert names("--act", "silu", "--attack", "none", "--eps", "12.5") == ["digits_silu_eps12.5_standard_s0"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -304,6 +323,23 @@ def test_sweep_with_missing_data_is_refused_before_it_starts(train_mod, capsys, 
     assert code == 2 and err == "error: no CIFAR-10 at '/nonexistent/cifar-10-batches-py'; pass --download to fetch it, " \
         "or --data to the folder holding cifar-10-batches-py/", err
     assert "runs" not in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_cifar_download_without_network_says_so(train_mod, capsys, tmp_path, monkeypatch):
+    """torchvision's own download, its connection refused as on a machine without internet: one line that says
+    there is no network and how to get the data, not "missing files or corrupt"."""
+    import urllib.error
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    code, err = run_cli(train_mod, capsys, ["--dataset", "cifar10", "--data", str(tmp_path / "data"), "--download",
+                                            "--act", "relu", "--smooth-grad", "none", "--out", str(tmp_path / "runs")])
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: CIFAR-10 --download could not reach the network (URLError: <urlopen error [Errno -3]"), err
+    assert sat_data.CIFAR10_URL in err and not list((tmp_path / "runs").glob("*"))   # no run folder
+    assert not sat_data.offline(urllib.error.HTTPError(sat_data.CIFAR10_URL, 404, "Not Found", {}, None))   # a server answered
 
 
 def test_the_two_times_of_a_run_are_named(train_mod, capsys, tmp_path):

@@ -59,9 +59,13 @@ def curves(named, out=os.path.join(ROOT, "docs", "training_curves.png")):
     fig, axes = plt.subplots(1, len(named), figsize=(5 * len(named), 4), sharey=True, squeeze=False)
     for ax, (name, folder) in zip(axes[0], named):
         for i, act in enumerate(("relu", "silu", "gelu")):
-            log = os.path.join(folder, f"digits_{act}_s0", "log.csv")
-            if not os.path.isfile(log):
+            # the run's folder: digits_<act>_s0, or with the settings that differ from the preset named
+            # (digits_<act>_eps32_pgd10_s0; folders trained before 2026-12-06 carry the short name)
+            logs = sorted(glob.glob(os.path.join(folder, f"digits_{act}_s0", "log.csv")) +
+                          [p for p in glob.glob(os.path.join(folder, f"digits_{act}_*_s0", "log.csv")) if "_sg-" not in p])
+            if not logs:
                 continue
+            log = logs[0]
             with open(log, newline="") as f:
                 rows = list(csv.DictReader(f))
             ep = [int(r["epoch"]) for r in rows]
