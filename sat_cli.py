@@ -31,7 +31,8 @@ def run_cli(main, argv=None, interrupted="", resume_flag=""):
         sys.exit(2)
     except KeyboardInterrupt:
         pass
-    if os.environ.get("RANK", "0") == "0":   # under torchrun each process gets Ctrl-C: one line, from rank 0
+    import sat_processes   # here: it imports this module
+    if sat_processes.world()[0] == 0:   # under torchrun each process gets Ctrl-C: one line, from rank 0
         print(f"interrupted: {interrupted or 'nothing was saved'}; continue with: {again(resume_flag, argv)}",
               file=sys.stderr, flush=True)
     sys.exit(130)
@@ -42,11 +43,13 @@ def again(flag="", argv=None) -> str:
     (`python 03_adv_train.py --resume`): under torchrun, the same torchrun command; under make, `make` too (make sets
     MAKELEVEL for the commands it runs). `python` is this interpreter's path unless `python` finds it."""
     import shutil
+
+    import sat_processes   # here: it imports this module
     args = list(sys.argv[1:] if argv is None else argv)
     if flag:
         args = [a for a in args if a != "--force"] + ([flag] if flag not in args else [])
     stage = shlex.join([sys.argv[0]] + args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if sat_processes.world()[1] > 1:
         return f"the same torchrun command, ending in {stage}"
     python = "python" if shutil.which("python") == sys.executable else shlex.quote(os.path.relpath(sys.executable))
     return f"{python} {stage}" + (" (or the make command again)" if os.environ.get("MAKELEVEL") else "")
