@@ -12,7 +12,10 @@ The longest of these units are handed out first (LONGEST_FIRST, with --no-loadsc
 that both workers end together: the short files fill the gaps at the end."""
 import importlib
 import os
+import signal
+import subprocess
 import sys
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")   # before torch is imported, and for every subprocess
 
@@ -66,6 +69,36 @@ def trained_digits(tmp_path_factory, train_mod):
         path = train_mod.train(cfg, quiet=True)
     model, _ = sat_models.model_from_checkpoint(path)
     return model, path
+
+
+SMOKE_DIR = os.path.join(ROOT, "tests", "smoke")
+
+
+@pytest.fixture(scope="session")
+def warm_python(tmp_path_factory):
+    """warm_python(env) -> env, in which the Python processes a test starts hand their work to a warm server that
+    has imported torch, torchvision, ... already (tests/smoke/warm_python.py): tests/smoke on PYTHONPATH (whose
+    sitecustomize also makes torchvision's md5 check of CIFAR-10 files "the file exists"), one torch thread, the
+    Agg backend. One server per test worker, started at the first use, stopped with whatever it still runs at the
+    session's end. Not for a test that kills a process from outside (see warm_python.py)."""
+    server = []
+
+    def warm(env):
+        env = {**env, "PYTHONPATH": SMOKE_DIR, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+        if not server:
+            sock = str(tmp_path_factory.mktemp("warm") / "python.sock")
+            server.append((subprocess.Popen([sys.executable, os.path.join(SMOKE_DIR, "warm_python.py"), "serve", sock],
+                                            env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                            start_new_session=True), sock))
+            deadline = time.time() + 60
+            while not os.path.exists(sock) and server[0][0].poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            assert os.path.exists(sock), f"the warm python server did not start (exit code {server[0][0].poll()})"
+        return {**env, "SAT_WARM_SOCKET": server[0][1]}
+    yield warm
+    if server:
+        os.killpg(server[0][0].pid, signal.SIGKILL)
+        server[0][0].wait(timeout=30)
 
 
 # The test units that take longest (seconds of one worker, measured with --durations=0), in the order they are

@@ -2,6 +2,7 @@
 switch, continuity of derivatives at 0, the activation swap on a torchvision ResNet-50, and each fast path
 (sat_kernels.py) against its plain formula."""
 import math
+import os
 import subprocess
 import sys
 
@@ -152,17 +153,19 @@ def test_swap_changes_the_function(acts):
     assert not torch.allclose(model(x), before)
 
 
-def test_unknown_activation_is_one_clear_line(acts):
+def test_unknown_activation_is_one_clear_line(acts, warm_python):
     with pytest.raises(ValueError, match=r"unknown activation 'swish'; accepted: relu, softplus, psoftplus, smoothrelu, silu, gelu, elu"):
         acts.make_activation("swish")
-    r = subprocess.run([sys.executable, "01_activations.py", "--act", "swish"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "01_activations.py", "--act", "swish"], cwd=ROOT, capture_output=True, text=True,
+                       env=warm_python(os.environ))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert "unknown activation 'swish'" in last and "smoothrelu" in last and "Traceback" not in r.stderr
 
 
-def test_cli_writes_figure_and_table(tmp_path):
-    r = subprocess.run([sys.executable, "01_activations.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+def test_cli_writes_figure_and_table(tmp_path, warm_python):
+    r = subprocess.run([sys.executable, "01_activations.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       env=warm_python(os.environ))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "figure2_activations.png").stat().st_size > 10_000
     table = (tmp_path / "activations_table.txt").read_text()

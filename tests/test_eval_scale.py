@@ -46,12 +46,12 @@ def cached_results(out):
     return {p.name: json.loads(p.read_text())["result"] for p in sorted((out / "cache").glob("*.json"))}
 
 
-def test_torchrun_two_processes_and_another_batch_size_give_identical_per_image_results(trained_digits, tmp_path):
+def test_torchrun_two_processes_and_another_batch_size_give_identical_per_image_results(trained_digits, tmp_path, warm_python):
     runs = runs_with(tmp_path, trained_digits[1], ("digits_relu_s0", "digits_relu_s1"))
     ev_py = [f"{ROOT}/04_eval.py", "--runs", str(runs)] + QUICK
     ev.main(ev_py[1:] + ["--out", str(tmp_path / "one"), "--jobs", "1"])   # one process: this one
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         *ev_py, "--out", "two", "--batch-size", "7"], tmp_path)
+         *ev_py, "--out", "two", "--batch-size", "7"], tmp_path, warm_python(os.environ))
     one, two = cached_results(tmp_path / "one"), cached_results(tmp_path / "two")
     assert len(one) == 2 and one.keys() == two.keys()
     for k in one:

@@ -50,19 +50,19 @@ def test_pairing_narrows_the_interval():
     assert hi - lo < 0.6 * (hi_u - lo_u)
 
 
-def run(*args, cwd):
-    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def run(*args, cwd, env=None):
+    r = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout
 
 
-def test_jobs_give_the_same_numbers_as_one_process(tmp_path):
+def test_jobs_give_the_same_numbers_as_one_process(tmp_path, warm_python):
     """03 --jobs 2 trains the same weights as --jobs 1 (two runs, two seeds), and 04 --jobs 2 reports the same
     numbers; 04 then compares the configuration with ReLU over the two seeds."""
     train = ["--act", "relu", "silu", "--smooth-grad", "none", "--seeds", "2", "--epochs", "2", "--steps-per-epoch",
              "3", "--quiet"]
     stage("03_adv_train").main(train + ["--jobs", "1", "--out", str(tmp_path / "one")])   # in this process
-    out = run(f"{ROOT}/03_adv_train.py", *train, "--jobs", "2", "--out", "two", cwd=tmp_path)
+    out = run(f"{ROOT}/03_adv_train.py", *train, "--jobs", "2", "--out", "two", cwd=tmp_path, env=warm_python(os.environ))
     assert "2 at a time" in out and "[4/4]" in out
     for r in ("digits_relu_s0", "digits_relu_s1", "digits_silu_s0", "digits_silu_s1"):
         a = torch.load(tmp_path / "one" / r / "final.pt", weights_only=False)["model"]
@@ -71,7 +71,7 @@ def test_jobs_give_the_same_numbers_as_one_process(tmp_path):
         assert (tmp_path / "two" / r / "train.log").read_text().strip().endswith("final.pt")
     ev = ["--runs", str(tmp_path / "two"), "--limit", "10", "--apgd-steps", "3", "--square-queries", "10"]
     E.main(ev + ["--jobs", "1", "--out", str(tmp_path / "ev1")])                            # in this process
-    run(f"{ROOT}/04_eval.py", *ev, "--jobs", "2", "--out", "ev2", cwd=tmp_path)
+    run(f"{ROOT}/04_eval.py", *ev, "--jobs", "2", "--out", "ev2", cwd=tmp_path, env=warm_python(os.environ))
     assert (tmp_path / "ev1" / "per_run.csv").read_text() == (tmp_path / "ev2" / "per_run.csv").read_text()
     rows = list(csv.DictReader(open(tmp_path / "ev2" / "comparisons.csv")))
     assert [r["configuration"] for r in rows] == ["digits silu"] and rows[0]["seeds"] == "2 vs 2, paired"

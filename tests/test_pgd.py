@@ -206,16 +206,17 @@ def test_no_gpu_sync_in_pgd(attack, monkeypatch):
     assert seen == ["cpu"]   # the coin
 
 
-def test_cli_rejects_bad_eps():
-    r = subprocess.run([sys.executable, "02_pgd.py", "--eps", "-4"], cwd=ROOT, capture_output=True, text=True)
+def test_cli_rejects_bad_eps(warm_python):
+    r = subprocess.run([sys.executable, "02_pgd.py", "--eps", "-4"], cwd=ROOT, capture_output=True, text=True,
+                       env=warm_python(os.environ))
     assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be a finite number in (0, 255] (pixel units: 4 means 4/255), got -4.0"
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_cli_quiet_hides_the_training_progress_bar(tmp_path, quiet):
+def test_cli_quiet_hides_the_training_progress_bar(tmp_path, quiet, warm_python):
     """--quiet: no progress bar while the standard model trains; the attack table still prints.
     SAT_SMOKE=1 shrinks the training to two steps (sat_smoke.smoke_settings)."""
-    env = dict(os.environ, SAT_SMOKE="1")
+    env = warm_python(dict(os.environ, SAT_SMOKE="1"))
     r = subprocess.run([sys.executable, "02_pgd.py", "--steps", "1", "--out", str(tmp_path)] + ["--quiet"] * quiet,
                        cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr

@@ -16,7 +16,10 @@ What changes, and why:
                               (its rendezvous on a port the OS gives it as it binds; a port picked free beforehand
                               could be taken by the other test worker first), the multi-node flags dropped
   make -o .venv/.installed-*  the linked .venv counts as installed: make never reinstalls the suite's own venv
-  tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"
+  tests/smoke/sitecustomize   torchvision's md5 check of the real CIFAR-10 files becomes "the file exists"; and
+                              every Python process a command starts (torchrun's workers too) hands its work to a
+                              fork of a warm server that has imported torch and torchvision already
+                              (tests/smoke/warm_python.py: the same work, without 2 to 3.5 s of imports each)
 Not run: `make test` (it is this suite); `python benchmarks/bench_gpu.py --quick`, which tests/test_benchmarks.py
 runs and checks; `make notebooks`, whose full run on today's code the answer-key stamps witness
 (tests/test_notebooks.py: a stamp that matches this code was printed by a kernel that had run every cell before it,
@@ -32,7 +35,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SMOKE_DIR
 from test_fashionmnist import write_fake_fashion
 
 
@@ -175,12 +178,15 @@ def shrink(cmd, root):
     return re.sub(r"^make ", "make -o .venv/.installed-run -o .venv/.installed-test ", cmd)
 
 
-def run_as_written(source, command, user_dir):
+def command_env():
+    """The environment every command runs in (the substitutions listed in the module docstring)."""
     bin_dir = os.path.dirname(sys.executable)   # the .venv's python, torchrun, ... come first on PATH
-    smoke = os.path.join(ROOT, "tests", "smoke")
-    env = {**os.environ, "SAT_SMOKE": "1", "SAT_NOTEBOOK_QUICK": "1", "OMP_NUM_THREADS": "1",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-           "PYTHONPATH": smoke, "JUPYTER_CONFIG_PATH": smoke, "MPLBACKEND": "Agg"}
+    return {**os.environ, "SAT_SMOKE": "1", "SAT_NOTEBOOK_QUICK": "1", "OMP_NUM_THREADS": "1",
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": SMOKE_DIR, "JUPYTER_CONFIG_PATH": SMOKE_DIR, "MPLBACKEND": "Agg"}
+
+
+def run_as_written(source, command, user_dir, env):
     r = subprocess.run(["bash", "-c", shrink(command, user_dir)], cwd=user_dir, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, f"{source}: `{command}` failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -193,8 +199,8 @@ def part_class(part):
 
     class Part:
         @pytest.mark.parametrize("source, command", cmds, ids=[f"{s}: {c[:70]}" for s, c in cmds])
-        def test_command_runs_as_written(self, source, command, user_dirs):
-            run_as_written(source, command, user_dirs(part))
+        def test_command_runs_as_written(self, source, command, user_dirs, warm_python):
+            run_as_written(source, command, user_dirs(part), warm_python(command_env()))
     Part.__name__ = Part.__qualname__ = f"TestPart{part}"
     return Part
 

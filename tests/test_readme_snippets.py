@@ -30,13 +30,12 @@ def test_the_snippets_are_found():
 
 
 @pytest.mark.parametrize("i", range(len(REPO_BLOCKS)))
-def test_snippet_runs_from_outside_the_clone(i, tmp_path):
+def test_snippet_runs_from_outside_the_clone(i, tmp_path, warm_python):
     code = REPO_BLOCKS[i]
     assert f'REPO = "{PLACEHOLDER}"' in code and "sys.path.insert(0, REPO)" in code, \
         "each snippet that uses the repo shows the line that makes the stages importable"
     (tmp_path / "snippet.py").write_text(code.replace(PLACEHOLDER, ROOT))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
+    env = warm_python(os.environ)   # PYTHONPATH: tests/smoke only, the warm Python's (the repo is not on it)
     r = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, f"docs/SNIPPETS.md snippet {i + 1} failed:\n{code}\n{r.stderr}"

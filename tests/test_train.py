@@ -94,8 +94,8 @@ def test_resume_gives_identical_weights(train_mod, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_torchrun_two_processes_gloo(tmp_path, warm_python):
+    env = warm_python(os.environ)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "03_adv_train.py", "--act", "relu", "--smooth-grad", "none", "--epochs", "1", "--milestones",
                         "--check-size", "64", "--device", "cpu", "--quiet", "--out", str(tmp_path)],

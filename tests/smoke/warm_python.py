@@ -1,0 +1,241 @@
+"""A warm Python for the tests that start Python processes (the README command test's ~70: stages, benchmarks,
+`make run`'s stages, torchrun's launcher and each of its workers; some others, see conftest.warm_python): each
+process hands its work, in its first milliseconds, to a server that has already imported torch, torchvision,
+numpy, matplotlib, pyautoattack and torchattacks; the server forks, and the fork does the work as that process
+would have. So they do not each spend 2 to 3.5 s of CPU on the same imports (torchvision alone imports
+torch._dynamo: 1.6 s). The commands are not changed: each process is started as before (torchrun's workers are
+still separate processes, talking over gloo); it waits for its fork, passes SIGINT, SIGTERM and SIGHUP on to
+it, and exits with its exit code. A test that kills a process, or its process group, from outside does not use
+it: the kill would reach the waiting process, not its fork.
+
+How: tests/smoke/sitecustomize.py, which every Python process with tests/smoke on its PYTHONPATH loads, calls
+hand_over() when SAT_WARM_SOCKET names the server's socket. It sends its arguments, working folder, environment
+and standard streams (the file descriptors themselves) over that Unix socket. The fork takes them and runs the
+work (a script, `-c` code or `-m` module) as the interpreter would: sys.argv, sys.orig_argv, sys.path[0], a
+fresh __main__ with __file__, the exit code, the traceback of an uncaught exception (without this file's frames),
+the wait for non-daemon threads and the atexit handlers. A process goes on by itself, as before, when it is
+anything else (a Python flag other than -u, no argument, a multiprocessing child, which needs file descriptors
+of its parent's, a notebook kernel), when its environment differs from the server's in a variable read at import
+time (IMPORT_TIME_ENV), or when there is no server.
+
+    python warm_python.py serve SOCKET      the server (conftest.warm_python starts one per test worker)
+Nothing here is part of the repo's method; a reader of the paper may skip it."""
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+# variables that change what the preloaded modules did at import: a process with other values than the server
+# had runs on its own
+IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONWARNINGS",
+                   "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "LD_LIBRARY_PATH", "LD_PRELOAD",
+                   "CUDA_VISIBLE_DEVICES", "TORCH_LOGS", "TORCHDYNAMO_DISABLE", "PYTORCH_JIT")
+
+
+def import_time_env(env):
+    return {k: env.get(k) for k in IMPORT_TIME_ENV}
+
+
+def send_msg(conn, obj, fds=()):
+    data = json.dumps(obj).encode()
+    data = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(conn, [data], list(fds))
+    else:
+        conn.sendall(data)
+
+
+def recv_msg(conn, with_fds=0):
+    fds = []
+    if with_fds:
+        head, fds, _, _ = socket.recv_fds(conn, 4, with_fds)
+    else:
+        head = conn.recv(4)
+    while len(head) < 4:
+        more = conn.recv(4 - len(head))
+        if not more:
+            raise ConnectionError("closed")
+        head += more
+    n, = struct.unpack("!I", head)
+    data = b""
+    while len(data) < n:
+        more = conn.recv(n - len(data))
+        if not more:
+            raise ConnectionError("closed")
+        data += more
+    return json.loads(data), fds
+
+
+# ---- the process that hands over: called by sitecustomize, before anything is imported -------------------------
+
+def work_of(orig_argv):
+    """The part of this process's command line the server can run (`[-u] script args` or `[-u] -c code args`), or
+    None: the interpreter's own path first, then at most -u."""
+    args = list(orig_argv[1:])
+    unbuffered = args[:1] == ["-u"]
+    args = args[1:] if unbuffered else args
+    if not args or args[0] == "-" or (args[0].startswith("-") and args[0] not in ("-c", "-m")) or \
+            (args[0] in ("-c", "-m") and len(args) < 2):
+        return None
+    if args[0] == "-c" and "multiprocessing" in args[1]:   # a spawned child: it reads file descriptors of its parent
+        return None
+    if args[0] == "-m" and args[1].startswith("ipykernel"):   # a notebook kernel: its own event loop and backend
+        return None
+    return {"argv": args, "unbuffered": unbuffered, "orig_argv": list(orig_argv)}
+
+
+def hand_over(sock_path):
+    """Have the server run this process's work; return only if it cannot (the process then goes on as usual), else
+    wait for the fork and exit with its exit code."""
+    work = work_of(sys.orig_argv)
+    if work is None or not os.path.exists(sock_path):
+        return
+    try:
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(sock_path)
+        send_msg(conn, {**work, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=(0, 1, 2))
+        reply, _ = recv_msg(conn)
+    except (OSError, ConnectionError):
+        return
+    if reply.get("fallback"):
+        return
+    pid = reply["pid"]
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # passed on to the fork doing the work
+        signal.signal(s, lambda sig, frame: os.kill(pid, sig))
+    try:
+        status, _ = recv_msg(conn)
+        code = status["code"]
+    except (OSError, ConnectionError):
+        code = 1
+    os._exit(code)
+
+
+# ---- the server --------------------------------------------------------------------------------------------------
+
+def run_command(argv, unbuffered=False):
+    """Run argv (as given after `python`) in this process as the interpreter would; returns the exit code."""
+    import atexit
+    import importlib.machinery
+    import runpy
+    import threading
+    import traceback
+    import types
+    if unbuffered:
+        for f in (sys.stdout, sys.stderr):
+            f.reconfigure(write_through=True)
+    try:
+        try:
+            if argv[0] == "-m":
+                sys.argv = [argv[1]] + argv[2:]
+                sys.path.insert(0, os.getcwd())
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:   # a script or -c code, in a fresh __main__, as the interpreter makes it
+                main = types.ModuleType("__main__")
+                main.__dict__.update(__builtins__=__builtins__, __spec__=None, __package__=None)
+                if argv[0] == "-c":
+                    sys.argv = ["-c"] + argv[2:]
+                    sys.path.insert(0, "")
+                    code = compile(argv[1], "<string>", "exec")
+                else:
+                    path = os.path.abspath(argv[0])
+                    sys.argv = list(argv)
+                    sys.path.insert(0, os.path.dirname(os.path.realpath(path)))
+                    main.__file__ = path
+                    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+                    with open(path, "rb") as f:
+                        code = compile(f.read(), path, "exec")
+                sys.modules["__main__"] = main
+                exec(code, main.__dict__)
+            status = 0
+        except SystemExit as e:
+            status = e.code
+            if status is None:
+                status = 0
+            elif not isinstance(status, int):
+                print(status, file=sys.stderr)
+                status = 1
+        except BaseException as e:   # the traceback the interpreter prints, without this file's frames
+            tb = e.__traceback__
+            while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+                tb = tb.tb_next
+            traceback.print_exception(type(e), e, tb)
+            status = 1
+        threading._shutdown()   # what the interpreter does at its end: wait for non-daemon threads, then atexit
+        atexit._run_exitfuncs()
+    finally:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:
+                pass
+    return status
+
+
+def serve(sock_path):
+    mine = import_time_env(os.environ)   # before the imports, which may set some (a fresh process starts without)
+    import matplotlib
+    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+    import matplotlib.pyplot  # noqa: F401
+    import numpy  # noqa: F401
+    import torch
+    import torchvision  # noqa: F401
+    import tqdm  # noqa: F401
+    try:
+        import pyautoattack  # noqa: F401
+        import torchattacks  # noqa: F401
+    except ImportError:
+        pass
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    path0 = sys.path[1:]   # without this file's folder: each command puts its own first
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # supervisors are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock_path + ".tmp")
+    listener.listen(64)
+    os.rename(sock_path + ".tmp", sock_path)   # processes see the socket only once it listens
+    while True:
+        conn, _ = listener.accept()
+        try:
+            request, fds = recv_msg(conn, with_fds=3)
+        except (OSError, ConnectionError, ValueError):
+            conn.close()
+            continue
+        if len(fds) != 3 or import_time_env(request["env"]) != mine:
+            send_msg(conn, {"fallback": True})
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+            continue
+        if os.fork() == 0:   # the supervisor: forks the command's process, waits for it, reports its exit code
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            pid = os.fork()
+            if pid == 0:   # the command's process
+                conn.close()
+                for i, fd in enumerate(fds):
+                    os.dup2(fd, i)
+                    os.close(fd)
+                os.chdir(request["cwd"])
+                os.environ.clear()
+                os.environ.update(request["env"])
+                sys.path[:] = path0
+                sys.orig_argv = request["orig_argv"]
+                os._exit(run_command(request["argv"], request["unbuffered"]) & 0xFF)
+            for fd in fds:
+                os.close(fd)
+            send_msg(conn, {"pid": pid})
+            _, status = os.waitpid(pid, 0)
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            try:
+                send_msg(conn, {"code": code})
+            except OSError:
+                pass
+            os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
+    serve(sys.argv[2])
