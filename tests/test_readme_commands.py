@@ -206,3 +206,31 @@ def part_class(part):
 
 
 TestPart0, TestPart1, TestPart2 = (part_class(part) for part in range(len(PAGES)))
+
+
+def test_the_warm_python_runs_a_command_as_python_would(warm_python, tmp_path):
+    """The warm Python (tests/smoke/warm_python.py) under the commands above: a script's exit code, traceback,
+    sys.argv, __file__, __name__ and working folder as the interpreter gives them, stdin passed on, `-c` and
+    `-m`; work handed over (torch already imported when the script starts) unless the environment differs in a
+    variable read at import time. If it reported 0 for a failing command, every command test would pass."""
+    (tmp_path / "s.py").write_text(
+        "import os, sys\n"
+        "print(sys.argv, __file__, __name__, os.getcwd(), 'torch' in sys.modules, input())\n"
+        "if sys.argv[1] == 'fail':\n    raise ValueError('boom')\n"
+        "sys.exit(int(sys.argv[1]))\n")
+    env = warm_python(command_env())
+
+    def python(*args, stdin="", extra=None):
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env={**env, **(extra or {})}, input=stdin,
+                              capture_output=True, text=True, timeout=60)
+    r = python("s.py", "3", stdin="hi\n")
+    assert r.returncode == 3 and r.stdout.strip() == f"['s.py', '3'] {tmp_path / 's.py'} __main__ {tmp_path} True hi"
+    r = python("s.py", "fail", stdin="\n")
+    assert r.returncode == 1 and r.stderr.startswith("Traceback") and r.stderr.strip().endswith("ValueError: boom")
+    assert "warm_python.py" not in r.stderr   # none of its own frames
+    r = python("s.py", "0", stdin="\n", extra={"OMP_NUM_THREADS": "2"})   # another import-time variable: not warm
+    assert r.returncode == 0 and r.stdout.strip().endswith("False")
+    r = python("-c", "import sys; print(sys.argv); sys.exit('no')", "a")
+    assert r.returncode == 1 and r.stdout.strip() == "['-c', 'a']" and r.stderr.strip() == "no"
+    r = python("-m", "json.tool", stdin='{"a": 1}')
+    assert r.returncode == 0 and r.stdout.split() == ["{", '"a":', "1", "}"]
