@@ -96,8 +96,13 @@ def warm_python(tmp_path_factory):
             assert os.path.exists(sock), f"the warm python server did not start (exit code {server[0][0].poll()})"
         return {**env, "SAT_WARM_SOCKET": server[0][1]}
     yield warm
-    if server:
-        os.killpg(server[0][0].pid, signal.SIGKILL)
+    if server:   # the server, and any fork a failed test left running: every process of the server's session
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if os.getsid(pid) == server[0][0].pid:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         server[0][0].wait(timeout=30)
 
 

@@ -54,11 +54,13 @@ runpy.run_path("03_adv_train.py", run_name="__main__")
 """
 
 
-def run(args, crash_at=None, env=None):
+def run(args, crash_at=None, env=None, warm=None):
+    """warm: conftest's warm_python (the trap kills its own process group from inside, which the warm Python's
+    fork has to itself: the waiting process then dies of the same signal)."""
     cmd = [sys.executable, "-c", TRAP] if crash_at else [sys.executable, "03_adv_train.py"]
     env = {**ENV, **(env or {}), **({"CRASH_AT": crash_at} if crash_at else {})}
-    return subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          start_new_session=bool(crash_at))   # a process group of its own, for the kill
+    return subprocess.run(cmd + args, cwd=ROOT, env=warm(env) if warm else env, capture_output=True, text=True,
+                          timeout=300, start_new_session=bool(crash_at))   # a process group of its own, for the kill
 
 
 def final_weights(out):
@@ -70,9 +72,9 @@ def assert_same_weights(a, b):
 
 
 @pytest.fixture(scope="session")   # session: once per worker, whatever runs in between
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, warm_python):
     out = str(tmp_path_factory.mktemp("straight"))
-    r = run(ARGS + ["--out", out])
+    r = run(ARGS + ["--out", out], warm=warm_python)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no checkpoint at" in r.stdout and "starting from scratch" in r.stdout   # --resume with nothing to resume
     return final_weights(out)
@@ -83,15 +85,16 @@ def uninterrupted(tmp_path_factory):
     ("step:28", "after epoch 1 and 5 steps of epoch 2"),  # epoch 2, 3 steps after its step-5 checkpoint
     ("save:4", "after epoch 0 and 15 steps of epoch 1"),  # while writing the epoch-1 checkpoint (the 4th write)
 ])
-def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted, tmp_path, crash_at, resumed_at):
+def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted, tmp_path, crash_at, resumed_at,
+                                                                   warm_python):
     out = str(tmp_path)
-    r = run(ARGS + ["--out", out], crash_at=crash_at)
+    r = run(ARGS + ["--out", out], crash_at=crash_at, warm=warm_python)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     run_dir = os.path.join(out, "digits_relu_s0")
     assert not os.path.exists(os.path.join(run_dir, "final.pt"))
     if crash_at.startswith("save"):
         assert [f for f in os.listdir(run_dir) if f.startswith(sat_files.TMP_PREFIX)], "the kill should leave a temporary file"
-    r = run(ARGS + ["--out", out])                     # the same command again
+    r = run(ARGS + ["--out", out], warm=warm_python)   # the same command again
     assert r.returncode == 0, r.stderr[-2000:]
     if resumed_at:
         assert f"resumed from {os.path.join(run_dir, 'checkpoint.pt')} {resumed_at}" in r.stdout, r.stdout[-2000:]
@@ -101,7 +104,7 @@ def test_killed_run_restarted_with_the_same_command_ends_identical(uninterrupted
     assert_same_weights(final_weights(out), uninterrupted)
 
 
-def test_ctrl_c_is_one_line_with_the_command_that_continues(uninterrupted, tmp_path):
+def test_ctrl_c_is_one_line_with_the_command_that_continues(uninterrupted, tmp_path, warm_python):
     """Ctrl-C in a --jobs 2 sweep of three runs (SIGINT to the whole process group, as a terminal sends it): exit
     code 130, one line naming the command with --resume added, no worker left running, and the third run, queued
     when Ctrl-C came, not started; `make run`'s stage-03 arguments (from the Makefile) then finish the sweep, with
@@ -131,18 +134,18 @@ def test_ctrl_c_is_one_line_with_the_command_that_continues(uninterrupted, tmp_p
     assert not os.path.exists(os.path.join(out, "digits_relu_s0", "final.pt"))
     with open(os.path.join(ROOT, "Makefile")) as f:
         make_args = [line.split("03_adv_train.py", 1)[1].split() for line in f if "$(PY) 03_adv_train.py" in line][0]
-    r = subprocess.run([sys.executable, "03_adv_train.py"] + make_args + args, cwd=ROOT, env=ENV, capture_output=True,
+    r = subprocess.run([sys.executable, "03_adv_train.py"] + make_args + args, cwd=ROOT, env=warm_python(ENV), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert_same_weights(final_weights(out), uninterrupted)
 
 
-def test_ctrl_c_to_the_parent_alone_stops_the_workers_jobs():
+def test_ctrl_c_to_the_parent_alone_stops_the_workers_jobs(warm_python):
     """`kill -INT` of the parent only (a launcher may signal one process): the --jobs workers stop their jobs (two
     minutes each here) and start no queued one; the command ends in seconds with the one line, exit code 130."""
     script = ("import sys, time, sat_cli, sat_processes\n"
               "sat_cli.run_cli(lambda argv: list(sat_processes.in_processes(time.sleep, [120] * 3, 2)), [])")
-    p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=warm_python(ENV), text=True, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, start_new_session=True)
     time.sleep(6)
     t = time.time()
@@ -269,8 +272,9 @@ class TestWithLoaderWorkers:
         ("step:6", "after epoch 1\n"),                      # the first step of epoch 2: at the epoch boundary
         ("step:9", "after epoch 1 and 2 steps of epoch 2"),  # epoch 2, 2 steps after its step-2 checkpoint
     ])
-    def test_killed_run_with_workers_restarted_ends_identical(self, cifar, cifar_straight, tmp_path, capsys, crash_at, resumed_at):
-        r = run(cifar.command(tmp_path, 2), crash_at, {"PYTHONPATH": os.path.join(ROOT, "tests", "smoke")})
+    def test_killed_run_with_workers_restarted_ends_identical(self, cifar, cifar_straight, tmp_path, capsys, crash_at, resumed_at,
+                                                             warm_python):
+        r = run(cifar.command(tmp_path, 2), crash_at, warm=warm_python)   # its PYTHONPATH: tests/smoke (the md5 check)
         assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
         capsys.readouterr()
         resumed = cifar(str(tmp_path), workers=2)          # the same command again (in this process)

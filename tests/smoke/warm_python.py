@@ -5,8 +5,10 @@ numpy, matplotlib, pyautoattack and torchattacks; the server forks, and the fork
 would have. So they do not each spend 2 to 3.5 s of CPU on the same imports (torchvision alone imports
 torch._dynamo: 1.6 s). The commands are not changed: each process is started as before (torchrun's workers are
 still separate processes, talking over gloo); it waits for its fork, passes SIGINT, SIGTERM and SIGHUP on to
-it, and exits with its exit code. A test that kills a process, or its process group, from outside does not use
-it: the kill would reach the waiting process, not its fork.
+it, and exits with its exit code, or dies of the signal that killed the fork. The fork runs in a process group of
+its own with the processes it starts, so that a kill of "my process group" from inside (the crash tests' trap)
+reaches what it would. A test that kills a process, or its process group, from outside does not use it: a kill
+would reach the waiting process, not its fork.
 
 How: tests/smoke/sitecustomize.py, which every Python process with tests/smoke on its PYTHONPATH loads, calls
 hand_over() when SAT_WARM_SOCKET names the server's socket. It sends its arguments, working folder, environment
@@ -101,15 +103,18 @@ def hand_over(sock_path):
         return
     if reply.get("fallback"):
         return
-    pid = reply["pid"]
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # passed on to the fork doing the work
-        signal.signal(s, lambda sig, frame: os.kill(pid, sig))
-    try:
+    try:   # from here on the work is the fork's: this process must not go on to do it again
+        pid = reply["pid"]
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # passed on to the fork doing the work
+            signal.signal(s, lambda sig, frame: os.kill(pid, sig))
         status, _ = recv_msg(conn)
-        code = status["code"]
-    except (OSError, ConnectionError):
-        code = 1
-    os._exit(code)
+        if status["signal"]:   # the fork was killed by a signal: so is this process, as its caller would have seen
+            if status["signal"] not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(status["signal"], signal.SIG_DFL)
+            os.kill(os.getpid(), status["signal"])
+        os._exit(status["code"])
+    finally:
+        os._exit(1)
 
 
 # ---- the server --------------------------------------------------------------------------------------------------
@@ -211,7 +216,8 @@ def serve(sock_path):
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             pid = os.fork()
-            if pid == 0:   # the command's process
+            if pid == 0:   # the command's process, in a process group of its own (with the processes it starts):
+                os.setpgid(0, 0)   # os.killpg(0, ...) from inside, as the crash tests do, reaches what it would
                 conn.close()
                 for i, fd in enumerate(fds):
                     os.dup2(fd, i)
@@ -226,9 +232,10 @@ def serve(sock_path):
                 os.close(fd)
             send_msg(conn, {"pid": pid})
             _, status = os.waitpid(pid, 0)
-            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            exited = os.WIFEXITED(status)
             try:
-                send_msg(conn, {"code": code})
+                send_msg(conn, {"code": os.WEXITSTATUS(status) if exited else 1,
+                                "signal": None if exited else os.WTERMSIG(status)})
             except OSError:
                 pass
             os._exit(0)
