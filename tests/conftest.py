@@ -49,6 +49,7 @@ def train_mod():
     return stage("03_adv_train")
 
 
+@pytest.hookimpl(optionalhook=True)   # pytest-xdist's hook: unknown to pytest without it (-p no:xdist)
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per core and one more. Much of a test's time is a wait for a process it started (a stage,
     torchrun, the warm Python's fork below, a notebook kernel), which works on a core meanwhile; the extra worker

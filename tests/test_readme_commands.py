@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -220,9 +221,9 @@ def test_the_warm_python_runs_a_command_as_python_would(warm_python, tmp_path):
         "sys.exit(int(sys.argv[1]))\n")
     env = warm_python(command_env())
 
-    def python(*args, stdin="", extra=None):
+    def python(*args, stdin="", extra=None, timeout=60):
         return subprocess.run([sys.executable, *args], cwd=tmp_path, env={**env, **(extra or {})}, input=stdin,
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=timeout)
     r = python("s.py", "3", stdin="hi\n")
     assert r.returncode == 3 and r.stdout.strip() == f"['s.py', '3'] {tmp_path / 's.py'} __main__ {tmp_path} True hi"
     r = python("s.py", "fail", stdin="\n")
@@ -234,3 +235,9 @@ def test_the_warm_python_runs_a_command_as_python_would(warm_python, tmp_path):
     assert r.returncode == 1 and r.stdout.strip() == "['-c', 'a']" and r.stderr.strip() == "no"
     r = python("-m", "json.tool", stdin='{"a": 1}')
     assert r.returncode == 0 and r.stdout.split() == ["{", '"a":', "1", "}"]
+    draws = [python("-c", "import torch, numpy; print(torch.rand(1).item(), numpy.random.rand())").stdout for _ in "ab"]
+    assert draws[0] != draws[1]   # each fork starts from a random state of its own, as a fresh process does
+    with pytest.raises(subprocess.TimeoutExpired):   # a test's timeout kills the waiting process: the fork goes too
+        python("-c", "import time; time.sleep(2); open('late', 'w')", timeout=0.5)
+    time.sleep(2.5)
+    assert not (tmp_path / "late").exists()

@@ -7,18 +7,22 @@ torch._dynamo: 1.6 s). The commands are not changed: each process is started as 
 still separate processes, talking over gloo); it waits for its fork, passes SIGINT, SIGTERM and SIGHUP on to
 it, and exits with its exit code, or dies of the signal that killed the fork. The fork runs in a process group of
 its own with the processes it starts, so that a kill of "my process group" from inside (the crash tests' trap)
-reaches what it would. A test that kills a process, or its process group, from outside does not use it: a kill
-would reach the waiting process, not its fork.
+reaches what it would; it is killed when the waiting process is (a test's timeout), and every process here dies
+with its parent (the server with its pytest worker). A test that kills a process, or signals its process group,
+from outside does not use it: the signal would reach the waiting process and at most the fork, not the fork's
+own children. The fork draws fresh torch and numpy seeds; its hash seed is the server's: a test that compares
+two runs for equality runs one of them the ordinary way (tests/test_crash_resume.py's uninterrupted run).
 
 How: tests/smoke/sitecustomize.py, which every Python process with tests/smoke on its PYTHONPATH loads, calls
 hand_over() when SAT_WARM_SOCKET names the server's socket. It sends its arguments, working folder, environment
 and standard streams (the file descriptors themselves) over that Unix socket. The fork takes them and runs the
 work (a script, `-c` code or `-m` module) as the interpreter would: sys.argv, sys.orig_argv, sys.path[0], a
 fresh __main__ with __file__, the exit code, the traceback of an uncaught exception (without this file's frames),
-the wait for non-daemon threads and the atexit handlers. A process goes on by itself, as before, when it is
-anything else (a Python flag other than -u, no argument, a multiprocessing child, which needs file descriptors
-of its parent's, a notebook kernel), when its environment differs from the server's in a variable read at import
-time (IMPORT_TIME_ENV), or when there is no server.
+the wait for non-daemon threads and the atexit handlers, -u, an uncaught KeyboardInterrupt's SIGINT. A process
+goes on by itself, as before, when it is anything else (a Python flag other than -u, no argument, a script that
+is not a file, a multiprocessing child or any process given file descriptors beyond 0-2, a notebook kernel),
+another interpreter than the server's, when its environment differs from the server's in a variable other than
+those read at run time (RUN_TIME_ENV), or when there is no server (SAT_WARM_DEBUG=FILE: the server appends why to FILE).
 
     python warm_python.py serve SOCKET      the server (conftest.warm_python starts one per test worker)
 Nothing here is part of the repo's method; a reader of the paper may skip it."""
@@ -29,15 +33,16 @@ import socket
 import struct
 import sys
 
-# variables that change what the preloaded modules did at import: a process with other values than the server
-# had runs on its own
-IMPORT_TIME_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONHASHSEED", "PYTHONNOUSERSITE", "PYTHONSAFEPATH", "PYTHONWARNINGS",
-                   "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "LD_LIBRARY_PATH", "LD_PRELOAD",
-                   "CUDA_VISIBLE_DEVICES", "TORCH_LOGS", "TORCHDYNAMO_DISABLE", "PYTORCH_JIT")
+# A process whose environment differs from the server's runs on its own (the preloaded modules may have read a
+# variable at import: TQDM_DISABLE, TORCH_COMPILE_DISABLE, PYTHONIOENCODING, ...), except in these, which the
+# repo, torchrun, make, the shell and the tests set per process and which are read at run time
+RUN_TIME_ENV = ("SAT_", "CRASH_AT", "RANK", "LOCAL_", "WORLD_SIZE", "GROUP_", "ROLE_", "MASTER_", "TORCHELASTIC_",
+                "TORCH_NCCL_", "NCCL_", "PWD", "OLDPWD", "SHLVL", "_", "MAKE", "MFLAGS", "PATH", "JUPYTER_", "JPY_",
+                "PYTEST_", "COLUMNS", "LINES", "TORCHINDUCTOR_CACHE_DIR")
 
 
 def import_time_env(env):
-    return {k: env.get(k) for k in IMPORT_TIME_ENV}
+    return {k: v for k, v in env.items() if not k.startswith(RUN_TIME_ENV)}
 
 
 def send_msg(conn, obj, fds=()):
@@ -72,6 +77,9 @@ def recv_msg(conn, with_fds=0):
 
 # ---- the process that hands over: called by sitecustomize, before anything is imported -------------------------
 
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def work_of(orig_argv):
     """The part of this process's command line the server can run (`[-u] script args` or `[-u] -c code args`), or
     None: the interpreter's own path first, then at most -u."""
@@ -85,28 +93,39 @@ def work_of(orig_argv):
         return None
     if args[0] == "-m" and args[1].startswith("ipykernel"):   # a notebook kernel: its own event loop and backend
         return None
-    return {"argv": args, "unbuffered": unbuffered, "orig_argv": list(orig_argv)}
+    if not args[0].startswith("-") and not os.path.isfile(args[0]):   # no such script, a folder: the interpreter says
+        return None
+    if set(os.listdir("/proc/self/fd")) - {"0", "1", "2", "3"}:   # descriptors passed on by the parent (3: the listing)
+        return None
+    return {"argv": args, "unbuffered": unbuffered, "orig_argv": list(orig_argv), "executable": sys.executable,
+            "interpreter": [sys.version, os.path.realpath(sys.prefix)]}
 
 
 def hand_over(sock_path):
     """Have the server run this process's work; return only if it cannot (the process then goes on as usual), else
     wait for the fork and exit with its exit code."""
-    work = work_of(sys.orig_argv)
+    try:
+        work = work_of(sys.orig_argv)
+    except OSError:
+        return
     if work is None or not os.path.exists(sock_path):
         return
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)   # held until they can be passed on: no work done twice
     try:
         conn = socket.socket(socket.AF_UNIX)
         conn.connect(sock_path)
         send_msg(conn, {**work, "cwd": os.getcwd(), "env": dict(os.environ)}, fds=(0, 1, 2))
         reply, _ = recv_msg(conn)
     except (OSError, ConnectionError):
-        return
+        reply = {"fallback": True}
     if reply.get("fallback"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         return
     try:   # from here on the work is the fork's: this process must not go on to do it again
         pid = reply["pid"]
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # passed on to the fork doing the work
+        for s in FORWARDED:   # passed on to the fork doing the work
             signal.signal(s, lambda sig, frame: os.kill(pid, sig))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         status, _ = recv_msg(conn)
         if status["signal"]:   # the fork was killed by a signal: so is this process, as its caller would have seen
             if status["signal"] not in (signal.SIGKILL, signal.SIGSTOP):
@@ -119,6 +138,16 @@ def hand_over(sock_path):
 
 # ---- the server --------------------------------------------------------------------------------------------------
 
+def die_with_parent():
+    """Linux: this process gets SIGKILL when its parent ends (the server when its pytest worker is killed, a fork
+    when its supervisor is): nothing is left running behind a killed test run."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_command(argv, unbuffered=False):
     """Run argv (as given after `python`) in this process as the interpreter would; returns the exit code."""
     import atexit
@@ -127,9 +156,17 @@ def run_command(argv, unbuffered=False):
     import threading
     import traceback
     import types
-    if unbuffered:
-        for f in (sys.stdout, sys.stderr):
-            f.reconfigure(write_through=True)
+    import io
+    import numpy
+    import torch
+    torch.seed()            # a fresh process's random state, not the server's (random reseeds itself at fork)
+    numpy.random.seed()
+    if unbuffered:          # -u: unbuffered binary layer, as the interpreter makes it
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            old = getattr(sys, name)
+            setattr(sys, name, io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=old.encoding,
+                                                errors=old.errors, write_through=True))
+    interrupted = False
     try:
         try:
             if argv[0] == "-m":
@@ -166,15 +203,21 @@ def run_command(argv, unbuffered=False):
             while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
                 tb = tb.tb_next
             traceback.print_exception(type(e), e, tb)
-            status = 1
-        threading._shutdown()   # what the interpreter does at its end: wait for non-daemon threads, then atexit
-        atexit._run_exitfuncs()
+            status, interrupted = 1, isinstance(e, KeyboardInterrupt)
+        try:
+            threading._shutdown()   # what the interpreter does at its end: wait for non-daemon threads, then atexit
+            atexit._run_exitfuncs()
+        except BaseException:
+            pass
     finally:
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()
             except Exception:
                 pass
+    if interrupted:   # an uncaught KeyboardInterrupt: the interpreter ends by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     return status
 
 
@@ -194,6 +237,8 @@ def serve(sock_path):
         pass
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     path0 = sys.path[1:]   # without this file's folder: each command puts its own first
+    interpreter = [sys.version, os.path.realpath(sys.prefix)]
+    die_with_parent()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # supervisors are reaped by the kernel
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(sock_path + ".tmp")
@@ -206,7 +251,13 @@ def serve(sock_path):
         except (OSError, ConnectionError, ValueError):
             conn.close()
             continue
-        if len(fds) != 3 or import_time_env(request["env"]) != mine:
+        if len(fds) != 3 or import_time_env(request["env"]) != mine or request["interpreter"] != interpreter:
+            if os.environ.get("SAT_WARM_DEBUG"):   # a file: why a process ran on its own is appended there
+                theirs = import_time_env(request["env"])
+                with open(os.environ["SAT_WARM_DEBUG"], "a") as f:
+                    print("on its own:", request["argv"][:2], request["interpreter"] != interpreter, len(fds),
+                          {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)},
+                          file=f)
             send_msg(conn, {"fallback": True})
             for fd in fds:
                 os.close(fd)
@@ -215,9 +266,11 @@ def serve(sock_path):
         if os.fork() == 0:   # the supervisor: forks the command's process, waits for it, reports its exit code
             listener.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            die_with_parent()
             pid = os.fork()
             if pid == 0:   # the command's process, in a process group of its own (with the processes it starts):
                 os.setpgid(0, 0)   # os.killpg(0, ...) from inside, as the crash tests do, reaches what it would
+                die_with_parent()
                 conn.close()
                 for i, fd in enumerate(fds):
                     os.dup2(fd, i)
@@ -227,11 +280,23 @@ def serve(sock_path):
                 os.environ.update(request["env"])
                 sys.path[:] = path0
                 sys.orig_argv = request["orig_argv"]
+                sys.executable = request["executable"]
                 os._exit(run_command(request["argv"], request["unbuffered"]) & 0xFF)
             for fd in fds:
                 os.close(fd)
             send_msg(conn, {"pid": pid})
-            _, status = os.waitpid(pid, 0)
+            import select
+            while True:   # the fork's end, or the waiting process's (killed, e.g. by a test's timeout): then the fork's
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if select.select([conn], [], [], 0.05)[0] and not conn.recv(1, socket.MSG_PEEK):
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    _, status = os.waitpid(pid, 0)
+                    break
             exited = os.WIFEXITED(status)
             try:
                 send_msg(conn, {"code": os.WEXITSTATUS(status) if exited else 1,
