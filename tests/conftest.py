@@ -90,29 +90,29 @@ def warm_python(tmp_path_factory):
     sitecustomize also makes torchvision's md5 check of CIFAR-10 files "the file exists"), one torch thread, the
     Agg backend. One server per test worker, started at the first use, stopped with whatever it still runs at the
     session's end. Not for a test that kills a process from outside (see warm_python.py)."""
-    server = []
+    server = {}   # "process", "socket": once started
 
     def warm(env):
         env = {**env, "PYTHONPATH": SMOKE_DIR, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
         if not server:
             sock = str(tmp_path_factory.mktemp("warm") / "python.sock")
-            server.append((subprocess.Popen([sys.executable, os.path.join(SMOKE_DIR, "warm_python.py"), "serve", sock],
-                                            env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                                            start_new_session=True), sock))
+            server.update(socket=sock, process=subprocess.Popen(
+                [sys.executable, os.path.join(SMOKE_DIR, "warm_python.py"), "serve", sock], env={**os.environ, **env},
+                stdin=subprocess.DEVNULL, start_new_session=True))
             deadline = time.time() + 60
-            while not os.path.exists(sock) and server[0][0].poll() is None and time.time() < deadline:
+            while not os.path.exists(sock) and server["process"].poll() is None and time.time() < deadline:
                 time.sleep(0.05)
-            assert os.path.exists(sock), f"the warm python server did not start (exit code {server[0][0].poll()})"
-        return {**env, "SAT_WARM_SOCKET": server[0][1]}
+            assert os.path.exists(sock), f"the warm python server did not start (exit code {server['process'].poll()})"
+        return {**env, "SAT_WARM_SOCKET": server["socket"]}
     yield warm
     if server:   # the server, and any fork a failed test left running: every process of the server's session
         for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
             try:
-                if os.getsid(pid) == server[0][0].pid:
+                if os.getsid(pid) == server["process"].pid:
                     os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        server[0][0].wait(timeout=30)
+        server["process"].wait(timeout=30)
 
 
 # The test units that take longest (seconds of one worker, measured with --durations=0), in the order they are

@@ -213,7 +213,8 @@ def test_the_warm_python_runs_a_command_as_python_would(warm_python, tmp_path):
     """The warm Python (tests/smoke/warm_python.py) under the commands above: a script's exit code, traceback,
     sys.argv, __file__, __name__ and working folder as the interpreter gives them, stdin passed on, `-c` and
     `-m`; work handed over (torch already imported when the script starts) unless the environment differs in a
-    variable read at import time. If it reported 0 for a failing command, every command test would pass."""
+    variable not read at run time; fresh random states; the fork killed with the waiting process. If it reported 0
+    for a failing command, every command test would pass."""
     (tmp_path / "s.py").write_text(
         "import os, sys\n"
         "print(sys.argv, __file__, __name__, os.getcwd(), 'torch' in sys.modules, input())\n"
@@ -229,7 +230,7 @@ def test_the_warm_python_runs_a_command_as_python_would(warm_python, tmp_path):
     r = python("s.py", "fail", stdin="\n")
     assert r.returncode == 1 and r.stderr.startswith("Traceback") and r.stderr.strip().endswith("ValueError: boom")
     assert "warm_python.py" not in r.stderr   # none of its own frames
-    r = python("s.py", "0", stdin="\n", extra={"OMP_NUM_THREADS": "2"})   # another import-time variable: not warm
+    r = python("s.py", "0", stdin="\n", extra={"OMP_NUM_THREADS": "2"})   # another environment: not warm
     assert r.returncode == 0 and r.stdout.strip().endswith("False")
     r = python("-c", "import sys; print(sys.argv); sys.exit('no')", "a")
     assert r.returncode == 1 and r.stdout.strip() == "['-c', 'a']" and r.stderr.strip() == "no"

@@ -41,7 +41,8 @@ RUN_TIME_ENV = ("SAT_", "CRASH_AT", "RANK", "LOCAL_", "WORLD_SIZE", "GROUP_", "R
                 "PYTEST_", "COLUMNS", "LINES", "TORCHINDUCTOR_CACHE_DIR")
 
 
-def import_time_env(env):
+def compared_env(env):
+    """The variables that must match the server's for a process to be handed over: all but RUN_TIME_ENV."""
     return {k: v for k, v in env.items() if not k.startswith(RUN_TIME_ENV)}
 
 
@@ -54,25 +55,20 @@ def send_msg(conn, obj, fds=()):
         conn.sendall(data)
 
 
+def recv_exactly(conn, n, got=b""):
+    while len(got) < n:
+        more = conn.recv(n - len(got))
+        if not more:
+            raise ConnectionError("closed")
+        got += more
+    return got
+
+
 def recv_msg(conn, with_fds=0):
-    fds = []
-    if with_fds:
-        head, fds, _, _ = socket.recv_fds(conn, 4, with_fds)
-    else:
-        head = conn.recv(4)
-    while len(head) < 4:
-        more = conn.recv(4 - len(head))
-        if not more:
-            raise ConnectionError("closed")
-        head += more
-    n, = struct.unpack("!I", head)
-    data = b""
-    while len(data) < n:
-        more = conn.recv(n - len(data))
-        if not more:
-            raise ConnectionError("closed")
-        data += more
-    return json.loads(data), fds
+    """(message, file descriptors): send_msg's length-prefixed JSON, and up to with_fds descriptors sent with it."""
+    head, fds = (socket.recv_fds(conn, 4, with_fds)[:2] if with_fds else (b"", []))
+    n, = struct.unpack("!I", recv_exactly(conn, 4, head))
+    return json.loads(recv_exactly(conn, n)), fds
 
 
 # ---- the process that hands over: called by sitecustomize, before anything is imported -------------------------
@@ -81,8 +77,8 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 
 
 def work_of(orig_argv):
-    """The part of this process's command line the server can run (`[-u] script args` or `[-u] -c code args`), or
-    None: the interpreter's own path first, then at most -u."""
+    """The part of this process's command line the server can run (`[-u] script args`, `[-u] -c code args` or
+    `[-u] -m module args`), or None: the interpreter's own path first, then at most -u."""
     args = list(orig_argv[1:])
     unbuffered = args[:1] == ["-u"]
     args = args[1:] if unbuffered else args
@@ -222,7 +218,7 @@ def run_command(argv, unbuffered=False):
 
 
 def serve(sock_path):
-    mine = import_time_env(os.environ)   # before the imports, which may set some (a fresh process starts without)
+    mine = compared_env(os.environ)   # before the imports, which may set some (a fresh process starts without)
     import matplotlib
     matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
     import matplotlib.pyplot  # noqa: F401
@@ -251,9 +247,9 @@ def serve(sock_path):
         except (OSError, ConnectionError, ValueError):
             conn.close()
             continue
-        if len(fds) != 3 or import_time_env(request["env"]) != mine or request["interpreter"] != interpreter:
+        if len(fds) != 3 or compared_env(request["env"]) != mine or request["interpreter"] != interpreter:
             if os.environ.get("SAT_WARM_DEBUG"):   # a file: why a process ran on its own is appended there
-                theirs = import_time_env(request["env"])
+                theirs = compared_env(request["env"])
                 with open(os.environ["SAT_WARM_DEBUG"], "a") as f:
                     print("on its own:", request["argv"][:2], request["interpreter"] != interpreter, len(fds),
                           {k: (mine.get(k), theirs.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)},
@@ -286,17 +282,13 @@ def serve(sock_path):
                 os.close(fd)
             send_msg(conn, {"pid": pid})
             import select
-            while True:   # the fork's end, or the waiting process's (killed, e.g. by a test's timeout): then the fork's
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                if select.select([conn], [], [], 0.05)[0] and not conn.recv(1, socket.MSG_PEEK):
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                    _, status = os.waitpid(pid, 0)
-                    break
+            # the fork's end, or before it the waiting process's (killed, e.g. by a test's timeout): then the fork's
+            if conn in select.select([conn, os.pidfd_open(pid)], [], [])[0] and not conn.recv(1, socket.MSG_PEEK):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            _, status = os.waitpid(pid, 0)
             exited = os.WIFEXITED(status)
             try:
                 send_msg(conn, {"code": os.WEXITSTATUS(status) if exited else 1,
