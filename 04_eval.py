@@ -246,6 +246,7 @@ def compare_with_relu(results, seed=0):
     (difference, low, high, verdict, Monte Carlo error, its p-value, the verdict after Holm over the study's rows).
     seed: the bootstrap's own (a verdict must not depend on it: tests/test_statistics.py)."""
     import numpy as np
+    sat_report.warn_of_repeated_seeds(results)   # a copied run folder would count twice
 
     def grid(runs, k):   # (seeds, images): which test images each run got right, by metric k, in seed order
         return np.array([[c == "1" for c in r["per_image"][k]] for r in sorted(runs, key=lambda r: r["seed"])])

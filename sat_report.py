@@ -12,6 +12,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -183,6 +184,21 @@ def config_label(r, extra=()):
 
 def recipe_key(r):
     return json.dumps(r.get("recipe") or [r["dataset"], r["act"], r["smooth_grad"], r["train_attack"]], sort_keys=True)
+
+
+def warn_of_repeated_seeds(results):
+    """One stderr line for each two checkpoints of one configuration, seed and test set, e.g. a run folder copied
+    or renamed under --runs: the means would count it as two seeds, and the comparison with ReLU would not pair
+    the seeds. A warning, not an error: a copy can be meant (a test of the evaluation, a rerun for determinism).
+    (final.pt and best.pt of one run are two configurations: '[best epoch]'.)"""
+    seen = {}
+    for r in results:
+        key, where = (recipe_key(r), r["seed"], r["eps_px"], r["n"]), r.get("path", r["run"])
+        if key in seen:
+            print(f"warning: {seen[key]} and {where} are one configuration with one seed ({config_label(r)}, seed "
+                  f"{r['seed']}): the tables count them as two seeds and the comparison with ReLU is not paired; "
+                  "if one is a copy, move it out of --runs", file=sys.stderr)
+        seen.setdefault(key, where)
 
 
 def config_labels(results):

@@ -84,3 +84,23 @@ def test_verdicts_do_not_depend_on_the_bootstrap_seed():
         assert [(row["configuration"], h, row[k][3], row[k][6]) for row in rows for k, h in ev.COMPARED.items()] == committed
         assert all(row[k][4] < 0.002 for row in rows for k in ev.COMPARED)
         assert all(", paired" in row["seeds"] for row in rows)
+
+
+def test_a_run_copied_under_runs_is_one_warning_line(capsys):
+    """Two checkpoints of one configuration and seed (a run folder copied or renamed under --runs): stage 04's
+    comparison says so in one stderr line naming both (it would count the run as two seeds, unpaired), and still
+    compares. The committed studies have no such pair; final.pt and best.pt of one run are not one."""
+    import sat_report
+    ev = stage("04_eval")
+    for study in os.listdir(os.path.join(ROOT, "results")):
+        sat_report.warn_of_repeated_seeds(sat_report.results_from_files(os.path.join(ROOT, "results", study)))
+    assert capsys.readouterr().err == ""
+    results = [r for r in sat_report.results_from_files(os.path.join(ROOT, "results", "digits_eps32"))
+               if r["act"] in ("relu", "silu") and r["smooth_grad"] == "none" and r["seed"] < 3]
+    relu = next(r for r in results if r["act"] == "relu" and r["seed"] == 1)
+    copy = {**relu, "run": "digits_relu_copy_s1"}
+    rows = ev.compare_with_relu(results + [copy])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "digits relu, seed 1" in err[0]
+    assert relu["run"] in err[0] and "digits_relu_copy_s1" in err[0]
+    assert [row["seeds"] for row in rows] == ["3 vs 4"]   # the copy counted (unpaired), as the warning says
