@@ -49,6 +49,35 @@ def train_mod():
     return stage("03_adv_train")
 
 
+def pytest_configure(config):
+    """One temporary folder for the whole session, removed at its end when every test passed (kept, and named,
+    after a failure): what the suite's processes leave in the temporary folder goes there, through TMPDIR, which the
+    xdist workers and every process they start inherit: multiprocessing's pymp-*, torchrun's torchelastic_*
+    (processes the crash tests kill cannot clean up after themselves), pytest's own tmp_path folders. CI's disk is
+    shared. torch.compile's cache (torchinductor_USER) stays where it was, warm from one session to the next."""
+    if hasattr(config, "workerinput"):   # an xdist worker: the controller's TMPDIR is in its environment already
+        return
+    import getpass
+    import tempfile
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
+    config.session_tmp = tempfile.mkdtemp(prefix="sat-tests-")
+    os.environ["TMPDIR"] = tempfile.tempdir = config.session_tmp
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.session_passed = exitstatus == 0
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "session_tmp", None) is None:
+        return
+    if getattr(config, "session_passed", False):
+        import shutil
+        shutil.rmtree(config.session_tmp, ignore_errors=True)
+    else:
+        print(f"the session's temporary files are kept in {config.session_tmp}", file=sys.stderr)
+
+
 @pytest.hookimpl(optionalhook=True)   # pytest-xdist's hook: unknown to pytest without it (-p no:xdist)
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: a worker per core and one more. Much of a test's time is a wait for a process it started (a stage,
