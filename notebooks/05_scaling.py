@@ -155,6 +155,8 @@ for m in models:
 
 # %% [markdown]
 # The same measurement, live, on this machine: the digits model, a few repeats (noisier than the committed table).
+# "ms per step" is the median over the repeats; "x ReLU" the median of each repeat's own ratio (ReLU and the
+# activation timed back to back), so with few repeats it need not equal the ratio of the two medians.
 
 # %%
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
