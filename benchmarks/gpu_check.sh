@@ -14,7 +14,9 @@
 # 5. a full default digits run of ReLU (all four smooth-grad modes) and Parametric Softplus on CUDA, evaluated
 #    on CUDA
 # Each step prints rc=0 when it succeeded. Steps 2-5 ran as is on an NVIDIA H200 with torch 2.11 (2026-11-26):
-# all rc=0. Steps 0-1 were written after that and ran on the CPU only (bench_gpu.py --quick).
+# all rc=0. Steps 0-1 were written after that and ran on the CPU only (bench_gpu.py --quick). On 2026-12-07
+# (main at 5b5ad2b) bench_gpu.py --quick and 174 tests of stages 01-04, crash/resume and evaluation at scale also
+# passed on the CPU with torch 2.11.0, torchvision 0.26.0 and Python 3.12, the GPU machine's versions.
 # A GPU machine without torchattacks (bench_gpu's part 3b, stage 04) or pyautoattack (stage 04's APGD-T) takes
 # them as wheels in .whl/ (ignored by git), fetched beforehand on a machine with pip's index:
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl torchattacks==3.5.1
